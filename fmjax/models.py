@@ -9,6 +9,8 @@ from typing import Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fmjax.errors import UserError
+
 # The seed's section 4 names these three activations.
 ACTIVATIONS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
     "relu": nn.relu,
@@ -75,3 +77,30 @@ class MLP(nn.Module):
         return nn.Dense(
             self.num_classes, dtype=self.dtype, name=f"fc{len(self.hidden) + 1}"
         )(x)
+
+
+MODELS = ("seed_cnn", "mlp")
+
+
+def create_model(model_config, num_classes: int) -> nn.Module:
+    """The module that `model_config.name` names, built from the config's `model` group."""
+    if model_config.activation not in ACTIVATIONS:
+        raise UserError(
+            f"config.model.activation is {model_config.activation!r}; "
+            f"use one of {', '.join(ACTIVATIONS)}"
+        )
+    if model_config.name == "seed_cnn":
+        return SeedCNN(
+            num_classes=num_classes,
+            features=model_config.features,
+            kernel_size=model_config.kernel_size,
+            hidden=model_config.hidden,
+            activation=model_config.activation,
+        )
+    if model_config.name == "mlp":
+        return MLP(
+            num_classes=num_classes,
+            hidden=tuple(model_config.mlp_hidden),
+            activation=model_config.activation,
+        )
+    raise UserError(f"config.model.name is {model_config.name!r}; use one of {', '.join(MODELS)}")

@@ -1,0 +1,114 @@
+"""The pure train and eval steps.
+
+Both are plain functions of (state, batch): jit, vmap, grad, scan and pmap
+compose with them. A batch is a dict with "image" float [B, H, W, C], "label"
+int32 [B] and, optionally, "mask" [B] (1 for real examples, 0 for padding).
+"""
+
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from fmjax.losses import cross_entropy
+from fmjax.state import TrainState
+
+Batch = dict[str, jnp.ndarray]
+LossFn = Callable[[jnp.ndarray, jnp.ndarray, Optional[jnp.ndarray]], jnp.ndarray]
+
+
+def _logits(state: TrainState, params: Any, images: jnp.ndarray, train: bool):
+    """The model's logits and, for models with batch statistics in training, their update."""
+    if not state.batch_stats:
+        return state.apply_fn(state.variables(params), images), state.batch_stats
+    if train:
+        logits, updates = state.apply_fn(
+            state.variables(params), images, train=True, mutable=["batch_stats"]
+        )
+        return logits, updates["batch_stats"]
+    return state.apply_fn(state.variables(params), images, train=False), state.batch_stats
+
+
+def _correct(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+    return (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    loss_fn: LossFn = cross_entropy,
+    axis_name: Optional[str] = None,
+) -> tuple[TrainState, dict[str, jnp.ndarray]]:
+    """One forward and backward pass and one optimizer update.
+
+    Args:
+      state: the current TrainState.
+      batch: {"image", "label"} and an optional "mask".
+      loss_fn: (logits, labels, mask) -> scalar mean loss.
+      axis_name: when the step runs under pmap (or shard_map), the mapped
+        axis; gradients, batch statistics and metrics are averaged over it,
+        so every device applies the same update.
+
+    Returns:
+      The new state and {"loss", "accuracy"}, means over the (unmasked) batch.
+    """
+    mask = batch.get("mask")
+
+    def loss_and_aux(params):
+        logits, batch_stats = _logits(state, params, batch["image"], train=True)
+        return loss_fn(logits, batch["label"], mask), (logits, batch_stats)
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+        loss_and_aux, has_aux=True
+    )(state.params)
+    correct = _correct(logits, batch["label"])
+    accuracy = jnp.mean(correct) if mask is None else jnp.sum(correct * mask) / jnp.maximum(
+        jnp.sum(mask), 1.0
+    )
+    metrics = {"loss": loss, "accuracy": accuracy}
+    if axis_name is not None:
+        grads, batch_stats, metrics = jax.lax.pmean(
+            (grads, batch_stats, metrics), axis_name
+        )
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = jax.tree.map(jnp.add, state.params, updates)
+    new_state = state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats
+    )
+    return new_state, metrics
+
+
+def eval_step(
+    state: TrainState, batch: Batch, *, loss_fn: LossFn = cross_entropy
+) -> dict[str, jnp.ndarray]:
+    """Sums over one batch, so that adding them up over batches is exact.
+
+    Args:
+      state: the TrainState to evaluate.
+      batch: {"image", "label"} and an optional "mask"; masked examples
+        (padding of the last batch) count nowhere.
+      loss_fn: (logits, labels, mask) -> scalar mean loss.
+
+    Returns:
+      {"loss_sum", "correct", "count"} as float32 scalars and "confusion", a
+      float32 [num_classes, num_classes] count of (true label, prediction).
+    """
+    logits, _ = _logits(state, state.params, batch["image"], train=False)
+    labels = batch["label"]
+    mask = batch.get("mask")
+    if mask is None:
+        mask = jnp.ones(labels.shape, jnp.float32)
+    mask = mask.astype(jnp.float32)
+    count = jnp.sum(mask)
+    num_classes = logits.shape[-1]
+    predictions = jnp.argmax(logits, axis=-1)
+    confusion = jnp.zeros((num_classes, num_classes), jnp.float32).at[
+        labels, predictions
+    ].add(mask)
+    return {
+        "loss_sum": loss_fn(logits, labels, mask) * count,
+        "correct": jnp.sum(_correct(logits, labels) * mask),
+        "count": count,
+        "confusion": confusion,
+    }
