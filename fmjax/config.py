@@ -1,0 +1,47 @@
+"""The base config every file in configs/ starts from; it names every key."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """All keys with their defaults: the seed's model and Adam on the embedded digits."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # model init and the shuffle order of every epoch
+    config.num_epochs = 10
+    config.batch_size = 64  # global: over all devices and processes
+    config.learning_rate = 1e-3
+    config.image_size = 16  # pixels; images are resized to image_size x image_size
+    config.num_classes = 10  # used when the data does not say (and by a dry run)
+    config.parallel = "pmap"  # "pmap" or "jit" (a Mesh with a sharded batch)
+    config.checkpoint_every_steps = 0  # besides every epoch's end; 0 = only there
+    config.keep_checkpoints = 3  # the newest this many are kept
+    config.loss = "cross_entropy"  # or "mse" (against one-hot targets)
+
+    config.data = ml_collections.ConfigDict()
+    config.data.source = "digits"  # "digits", "image_folder" or "tfds"
+    config.data.root = ""  # image_folder: a folder with train/ and test/
+    config.data.name = ""  # tfds: the data set's name, e.g. "mnist"
+    config.data.data_dir = ""  # tfds: where it is prepared; "" = TFDS's default
+    config.data.test_fraction = 0.25  # digits: share of the 1797 images held out
+    config.data.split_seed = 0  # digits: the fixed train/test split
+    config.data.normalize = False  # (x - mean) / std per channel after [0, 1]
+    config.data.mean = (0.5, 0.5, 0.5)
+    config.data.std = (0.5, 0.5, 0.5)
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "seed_cnn"  # "seed_cnn" or "mlp"
+    config.model.features = 32  # seed_cnn: conv1's output channels
+    config.model.kernel_size = 5  # seed_cnn: conv1's square kernel, VALID padding
+    config.model.hidden = 1000  # seed_cnn: fc1's width
+    config.model.mlp_hidden = (1000,)  # mlp: the hidden layers' widths
+    config.model.activation = "relu"  # "relu", "sigmoid" or "tanh"
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "adam"  # "adam" or "sgd"
+    config.optimizer.b1 = 0.9
+    config.optimizer.b2 = 0.999
+    config.optimizer.eps = 1e-8
+    config.optimizer.momentum = 0.0  # sgd; 0 = plain gradient descent
+    config.optimizer.nesterov = False  # sgd
+    config.optimizer.weight_decay = 0.0  # L2 added to the gradient; 0 = off
+    return config
