@@ -1,0 +1,88 @@
+"""One device, pmap on 8 and jit on 8 fake CPU devices give the same params."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import fmjax
+from fmjax.errors import UserError
+from fmjax.losses import cross_entropy
+from fmjax.models import SeedCNN
+from fmjax.parallel import check_batch_size, make_data_parallel
+
+GLOBAL_BATCH = 16
+STEPS = 4
+
+
+def initial_state():
+    model = SeedCNN(num_classes=4, features=4, hidden=16)
+    return fmjax.create_train_state(
+        jax.random.key(0), model, optax.adam(1e-2), jnp.zeros((1, 8, 8, 3))
+    )
+
+
+def global_batches():
+    rng = np.random.default_rng(0)
+    return [
+        {
+            "image": rng.random((GLOBAL_BATCH, 8, 8, 3), dtype=np.float32),
+            "label": rng.integers(0, 4, GLOBAL_BATCH).astype(np.int32),
+        }
+        for _ in range(STEPS)
+    ]
+
+
+@pytest.fixture(scope="module")
+def single_device_run():
+    state = initial_state()
+    step = jax.jit(fmjax.train_step)
+    losses = []
+    for batch in global_batches():
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    return state, losses
+
+
+@pytest.mark.parametrize("mode", ["pmap", "jit"])
+def test_eight_devices_match_one(mode, single_device_run):
+    assert jax.device_count() == 8
+    expected_state, expected_losses = single_device_run
+    parallel = make_data_parallel(mode, cross_entropy)
+    device_state = parallel.put_state(initial_state())
+    losses = []
+    for batch in global_batches():
+        device_state, metrics = parallel.train_step(device_state, parallel.put_batch(batch))
+        losses.append(float(metrics["loss"]))
+    state = jax.device_get(parallel.get_state(device_state))
+    assert int(state.step) == STEPS
+    chex.assert_trees_all_close(state.params, expected_state.params, atol=1e-5)
+    chex.assert_trees_all_close(state.opt_state, expected_state.opt_state, atol=1e-5)
+    np.testing.assert_allclose(losses, expected_losses, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["pmap", "jit"])
+def test_parallel_eval_sums_every_example_once(mode):
+    parallel = make_data_parallel(mode, cross_entropy)
+    state = initial_state()
+    batch = global_batches()[0]
+    batch["mask"] = np.array([1.0] * 11 + [0.0] * 5, np.float32)
+    sums = jax.device_get(parallel.eval_step(parallel.put_state(state), parallel.put_batch(batch)))
+    expected = jax.device_get(jax.jit(fmjax.eval_step)(state, batch))
+    assert float(sums["count"]) == 11.0
+    assert float(sums["correct"]) == float(expected["correct"])
+    np.testing.assert_allclose(sums["loss_sum"], expected["loss_sum"], rtol=1e-5)
+    np.testing.assert_array_equal(sums["confusion"], expected["confusion"])
+
+
+def test_a_batch_that_does_not_divide_by_the_devices_is_a_user_error():
+    with pytest.raises(UserError, match=r"config.batch_size=12 does not divide by the 8 devices"):
+        check_batch_size(12, 8)
+    check_batch_size(16, 8)
+
+
+def test_an_unknown_parallel_mode_is_a_user_error():
+    with pytest.raises(UserError, match="config.parallel is 'auto'"):
+        make_data_parallel("auto", cross_entropy)
