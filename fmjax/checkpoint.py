@@ -28,7 +28,9 @@ def checkpoint_manager(
 ) -> ocp.CheckpointManager:
     """An Orbax CheckpointManager over `workdir`'s checkpoints, keeping the last `max_to_keep`."""
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
-    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+    # Naming the handlers up front lets a fresh manager read an item's metadata.
+    handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
 
 
 def save_checkpoint(manager: ocp.CheckpointManager, state: Any, meta: dict) -> None:
