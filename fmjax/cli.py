@@ -1,0 +1,124 @@
+"""The command lines of train.py and scripts/: flags, config loading, user errors.
+
+A mistake a user can fix (fmjax.errors.UserError, a bad flag, a missing
+config file, an unknown config key) prints one line on stderr and exits with
+status 2; --verbose shows its traceback as well.
+
+Exit statuses: 0 done, 2 bad input from the user.
+"""
+
+import os
+import sys
+from typing import Callable, Optional, Sequence
+
+# TensorFlow (tf.data) logs a screenful at import; fmjax's own lines matter more.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from fmjax.errors import UserError  # noqa: E402
+
+EXIT_OK = 0
+EXIT_USER_ERROR = 2
+
+
+def _config_path(argv: Sequence[str]) -> Optional[str]:
+    """The --config value in argv, read before absl parses it (to name a missing file)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def define_common_flags(flag_values: flags.FlagValues) -> None:
+    """Flags every fmjax command takes: --config (with --config.KEY=VALUE overrides), --workdir, --verbose."""
+    config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "A config file in configs/; override keys with --config.KEY=VALUE.",
+        flag_values=flag_values,
+        lock_config=True,
+    )
+    flags.DEFINE_string(
+        "workdir", None, "The run's directory (default: runs/<config name>).", flag_values=flag_values
+    )
+    flags.DEFINE_bool("verbose", False, "Show tracebacks of errors.", flag_values=flag_values)
+
+
+def parse_flags(argv: Sequence[str], define_flags: Callable[[flags.FlagValues], None]):
+    """Parses argv with fmjax's common flags plus `define_flags`'s; user errors raise UserError.
+
+    Returns:
+      (flag values, config, workdir).
+    """
+    flag_values = flags.FlagValues()
+    define_common_flags(flag_values)
+    define_flags(flag_values)
+    path = _config_path(argv[1:])
+    if path is None:
+        raise UserError("no config given; pass --config configs/default.py (or another file in configs/)")
+    if not os.path.isfile(path):
+        raise UserError(f"config file {path} does not exist; pass a file from configs/, e.g. configs/default.py")
+    try:
+        flag_values(list(argv))
+    except flags.Error as e:
+        raise UserError(f"{e}; run with --help for the flags") from e
+    except (AttributeError, KeyError) as e:
+        key = str(e).strip("'\"")
+        raise UserError(
+            f"the config has no key {key!r}; see fmjax/config.py for every key"
+        ) from e
+    config = flag_values.config
+    workdir = flag_values.workdir or os.path.join(
+        "runs", os.path.splitext(os.path.basename(path))[0]
+    )
+    return flag_values, config, workdir
+
+
+def run(main: Callable[[Sequence[str]], int], argv: Optional[Sequence[str]] = None) -> int:
+    """Runs `main(argv)`, turning a UserError into one line on stderr and exit status 2."""
+    argv = list(sys.argv if argv is None else argv)
+    try:
+        return main(argv)
+    except UserError as e:
+        if "--verbose" in argv:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def train_main(argv: Sequence[str]) -> int:
+    """train.py: trains the config's model in --workdir, resuming from its latest checkpoint."""
+    _, config, workdir = parse_flags(argv, lambda flag_values: None)
+    from fmjax.trainer import train_and_evaluate
+
+    record = train_and_evaluate(config, workdir)
+    print(f"test accuracy: {record['test_accuracy']:.2%} (workdir {workdir})")
+    return EXIT_OK
+
+
+def _define_evaluate_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_integer(
+        "step", None, "The checkpoint's step (default: the latest).", flag_values=flag_values
+    )
+
+
+def evaluate_main(argv: Sequence[str]) -> int:
+    """scripts/evaluate.py: evaluates a checkpoint's params and writes workdir/eval_<step>.json."""
+    flag_values, config, workdir = parse_flags(argv, _define_evaluate_flags)
+    import json
+
+    from fmjax.evaluation import evaluate_checkpoint
+
+    result = evaluate_checkpoint(config, workdir, flag_values.step)
+    path = os.path.join(workdir, f"eval_{result['step']}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(
+        f"test accuracy: {result['accuracy']:.2%} over {result['num_examples']} examples, "
+        f"loss {result['loss']:.4f}, step {result['step']} (written to {path})"
+    )
+    return EXIT_OK

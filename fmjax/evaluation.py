@@ -1,0 +1,85 @@
+"""Exact evaluation over a test split, and of a saved checkpoint."""
+
+from typing import Any, Optional
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from fmjax import checkpoint as ckpt
+from fmjax.data import Dataset, load_dataset
+from fmjax.losses import get_loss
+from fmjax.models import create_model
+from fmjax.parallel import DataParallel, check_batch_size, make_data_parallel
+from fmjax.state import TrainState
+
+
+def evaluate(
+    parallel: DataParallel, device_state: Any, dataset: Dataset, batch_size: int
+) -> dict[str, Any]:
+    """Loss, accuracy and confusion matrix over every test example exactly once.
+
+    Returns:
+      {"loss", "accuracy", "num_examples", "confusion_matrix" (numpy
+      [num_classes, num_classes], rows are true labels)}.
+    """
+    totals = None
+    batches = dataset.test_batches(
+        batch_size, process_index=jax.process_index(), process_count=jax.process_count()
+    )
+    for batch in batches:
+        sums = jax.device_get(parallel.eval_step(device_state, parallel.put_batch(batch)))
+        sums = {k: np.asarray(v, np.float64) for k, v in sums.items()}
+        totals = sums if totals is None else {k: totals[k] + sums[k] for k in totals}
+    count = totals["count"]
+    return {
+        "loss": float(totals["loss_sum"] / count),
+        "accuracy": float(totals["correct"] / count),
+        "num_examples": int(count),
+        "confusion_matrix": totals["confusion"].astype(np.int64),
+    }
+
+
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None
+) -> dict[str, Any]:
+    """Evaluates the params of `workdir`'s checkpoint at `step` (the latest when None).
+
+    Reads only the params from the checkpoint, not the optimizer state.
+
+    Returns:
+      {"step", "accuracy", "loss", "num_examples", "per_class_accuracy" (a
+      list, NaN for a class with no test example), "confusion_matrix" (a list
+      of lists, rows are true labels)}.
+    """
+    dataset = load_dataset(config)
+    parallel = make_data_parallel(config.parallel, get_loss(config.loss))
+    check_batch_size(config.batch_size, parallel.num_devices)
+    step, params = ckpt.restore_params_at(workdir, step)
+    model = create_model(config.model, dataset.num_classes)
+    expected = jax.eval_shape(
+        model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, *dataset.image_shape), np.float32)
+    )["params"]
+    ckpt.check_params_match(params, expected, f"the checkpoint at step {step} in {workdir}")
+    state = TrainState(
+        step=np.int32(step),
+        params=params,
+        opt_state=(),
+        rng=jax.random.key(0),
+        batch_stats={},
+        apply_fn=model.apply,
+        tx=optax.identity(),
+    )
+    result = evaluate(parallel, parallel.put_state(state), dataset, config.batch_size)
+    confusion = result["confusion_matrix"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.diag(confusion) / confusion.sum(axis=1)
+    return {
+        "step": step,
+        "accuracy": result["accuracy"],
+        "loss": result["loss"],
+        "num_examples": result["num_examples"],
+        "per_class_accuracy": [float(a) for a in per_class],
+        "confusion_matrix": confusion.tolist(),
+    }
