@@ -1,0 +1,78 @@
+"""The input pipeline: a Dataset from a config, batches from a Dataset."""
+
+import ml_collections
+
+from fmjax.data.digits import digits_splits
+from fmjax.data.image_folder import image_folder_splits
+from fmjax.data.pipeline import Dataset
+from fmjax.data.tfds import tfds_splits
+from fmjax.errors import UserError
+
+__all__ = ["Dataset", "load_dataset"]
+
+SOURCES = ("digits", "image_folder", "tfds")
+
+
+def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
+    """Builds the data set that config.data.source names: "digits", "image_folder" or "tfds".
+
+    Config fields read (the config files give every one a value; none has a
+    default here):
+      seed: int, decides each epoch's training order with the epoch number.
+      image_size: int, images are resized to image_size x image_size pixels.
+      num_classes: int, used only when the data does not name its classes
+        (a TFDS label that is not a ClassLabel).
+      data.source: "digits", "image_folder" or "tfds".
+      data.root: str, image_folder only: the folder holding train/ and test/.
+      data.name: str, tfds only: the TFDS name, e.g. "mnist".
+      data.data_dir: str, tfds only: where it was prepared; "" for the TFDS default.
+      data.test_fraction: float in (0, 1), digits only: share held out for testing.
+      data.split_seed: int, digits only: fixes which images are held out.
+      data.normalize: bool, whether to map pixels from [0, 1] to
+        (x - data.mean) / data.std per channel.
+      data.mean, data.std: 3 floats each, per RGB channel.
+    """
+    source = config.data.source
+    if source == "digits":
+        name = "digits"
+        class_names, train_split, test_split = digits_splits(
+            config.data.test_fraction, config.data.split_seed
+        )
+    elif source == "image_folder":
+        name = config.data.root
+        class_names, train_split, test_split = image_folder_splits(config.data.root)
+    elif source == "tfds":
+        name = config.data.name
+        class_names, train_split, test_split = tfds_splits(
+            config.data.name, config.data.data_dir, config.num_classes
+        )
+    else:
+        raise UserError(
+            f"unknown data source {source!r}; set config.data.source to one of {', '.join(SOURCES)}"
+        )
+    pixel_mean, pixel_std = _normalization(config)
+    return Dataset(
+        name=name,
+        class_names=class_names,
+        image_shape=(config.image_size, config.image_size, 3),
+        seed=config.seed,
+        train_split=train_split,
+        test_split=test_split,
+        pixel_mean=pixel_mean,
+        pixel_std=pixel_std,
+    )
+
+
+def _normalization(
+    config: ml_collections.ConfigDict,
+) -> tuple[tuple[float, float, float] | None, tuple[float, float, float] | None]:
+    """(mean, std) per channel when config.data.normalize asks for them, else (None, None)."""
+    if not config.data.normalize:
+        return None, None
+    mean, std = tuple(config.data.mean), tuple(config.data.std)
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise UserError(
+            f"config.data.mean {mean} and config.data.std {std} must be 3 numbers each, "
+            "std positive; give one value per RGB channel"
+        )
+    return tuple(map(float, mean)), tuple(map(float, std))
