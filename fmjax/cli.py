@@ -8,6 +8,7 @@ Exit statuses: 0 done, 2 bad input from the user.
 """
 
 import os
+import re
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -33,7 +34,7 @@ def _config_path(argv: Sequence[str]) -> Optional[str]:
     return None
 
 
-def define_common_flags(flag_values: flags.FlagValues) -> None:
+def define_common_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
     """Flags every fmjax command takes: --config (with --config.KEY=VALUE overrides), --workdir, --verbose."""
     config_flags.DEFINE_config_file(
         "config",
@@ -41,6 +42,7 @@ def define_common_flags(flag_values: flags.FlagValues) -> None:
         "A config file in configs/; override keys with --config.KEY=VALUE.",
         flag_values=flag_values,
         lock_config=True,
+        sys_argv=list(argv),  # the overrides to define are read from here
     )
     flags.DEFINE_string(
         "workdir", None, "The run's directory (default: runs/<config name>).", flag_values=flag_values
@@ -55,7 +57,7 @@ def parse_flags(argv: Sequence[str], define_flags: Callable[[flags.FlagValues], 
       (flag values, config, workdir).
     """
     flag_values = flags.FlagValues()
-    define_common_flags(flag_values)
+    define_common_flags(flag_values, argv)
     define_flags(flag_values)
     path = _config_path(argv[1:])
     if path is None:
@@ -67,9 +69,14 @@ def parse_flags(argv: Sequence[str], define_flags: Callable[[flags.FlagValues], 
     except flags.Error as e:
         raise UserError(f"{e}; run with --help for the flags") from e
     except (AttributeError, KeyError) as e:
-        key = str(e).strip("'\"")
+        # ml_collections says: 'KEY'\nDid you mean "OTHER" instead of "KEY"?
+        message = str(e.args[0]) if e.args else ""
+        key = re.search(r"[\w.]+", message)
+        suggestion = re.search(r'Did you mean "([\w.]+)"', message)
+        hint = f" (did you mean {suggestion.group(1)!r}?)" if suggestion else ""
         raise UserError(
-            f"the config has no key {key!r}; see fmjax/config.py for every key"
+            f"the config has no key {key.group(0) if key else message!r}{hint}; "
+            "see fmjax/config.py for every key"
         ) from e
     config = flag_values.config
     workdir = flag_values.workdir or os.path.join(
