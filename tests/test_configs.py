@@ -1,0 +1,68 @@
+"""Every file in configs/ loads, names only known keys, and trains a step where its data exists here."""
+
+import glob
+import importlib.util
+import os
+
+import pytest
+import tensorflow_datasets as tfds
+
+from fmjax.config import base_config
+from fmjax.trainer import train_and_evaluate
+
+CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
+
+
+def load(path):
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def flat_keys(config, prefix=""):
+    keys = set()
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            keys |= flat_keys(value, f"{prefix}{key}.")
+        else:
+            keys.add(prefix + key)
+    return keys
+
+
+def test_there_are_the_four_configs():
+    names = [os.path.basename(p) for p in CONFIGS]
+    assert names == ["cifar10.py", "default.py", "mnist.py", "seed.py"]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_config_has_exactly_the_base_keys_and_a_header(path):
+    config = load(path)
+    assert flat_keys(config) == flat_keys(base_config())
+    with open(path) as f:
+        header = f.read().split("from fmjax")[0]
+    assert f"python train.py --config configs/{os.path.basename(path)}" in header
+    assert "Expect:" in header
+
+
+def test_seed_config_is_the_seed():
+    config = load(CONFIGS[3])
+    assert (config.image_size, config.num_epochs, config.learning_rate) == (224, 10, 1e-3)
+    assert (config.model.name, config.model.features, config.model.kernel_size, config.model.hidden) == (
+        "seed_cnn", 32, 5, 1000,
+    )
+    assert (config.optimizer.name, config.data.source, config.data.normalize) == ("adam", "image_folder", False)
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_tfds_configs_train_on_mock_data(name, tmp_path):
+    config = load(os.path.join(os.path.dirname(CONFIGS[0]), f"{name}.py"))
+    config.image_size = 8
+    config.model.hidden = 16
+    config.batch_size = 16
+    config.num_epochs = 1
+    with tfds.testing.mock_data(num_examples=40):
+        record = train_and_evaluate(config, str(tmp_path))
+    assert record["step"] == 40 // 16
+    assert 0.0 <= record["test_accuracy"] <= 1.0
+    assert os.path.isdir(tmp_path / "checkpoints" / "2")
