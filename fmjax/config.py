@@ -13,6 +13,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.image_size = 16  # pixels; images are resized to image_size x image_size
     config.num_classes = 10  # used when the data does not say (and by a dry run)
     config.parallel = "pmap"  # "pmap" or "jit" (a Mesh with a sharded batch)
+    # jit only: shard params and optimizer state over the devices (FSDP), each
+    # array along its last dimension that divides by the device count.
+    config.shard_params = False
+    config.shard_params_min_size = 2**16  # elements; smaller arrays stay replicated
     config.checkpoint_every_steps = 0  # besides every epoch's end; 0 = only there
     config.keep_checkpoints = 3  # the newest this many are kept
     config.loss = "cross_entropy"  # or "mse" (against one-hot targets)
@@ -29,12 +33,16 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.std = (0.5, 0.5, 0.5)
 
     config.model = ml_collections.ConfigDict()
-    config.model.name = "seed_cnn"  # "seed_cnn" or "mlp"
+    config.model.name = "seed_cnn"  # "seed_cnn", "mlp" or "resnet"
     config.model.features = 32  # seed_cnn: conv1's output channels
     config.model.kernel_size = 5  # seed_cnn: conv1's square kernel, VALID padding
     config.model.hidden = 1000  # seed_cnn: fc1's width
     config.model.mlp_hidden = (1000,)  # mlp: the hidden layers' widths
     config.model.activation = "relu"  # "relu", "sigmoid" or "tanh"
+    config.model.resnet_stage_sizes = (2, 2, 2, 2)  # resnet: blocks per stage (ResNet-18)
+    config.model.resnet_width = 64  # resnet: the first stage's channels, doubled per stage
+    # Activations and matmuls; params and optimizer state stay float32.
+    config.model.dtype = "float32"  # or "bfloat16" (mixed precision)
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adam"  # "adam" or "sgd"

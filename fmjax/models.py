@@ -1,9 +1,11 @@
-"""Flax Linen models: the seed's CNN and its fully connected "DNN".
+"""Flax Linen models: the seed's CNN, its fully connected "DNN", and a ResNet baseline.
 
-Both take NHWC float images and return unnormalised logits. `init` and
+Each takes NHWC float images and returns unnormalised logits. `dtype` is the
+dtype of the activations and matmuls; parameters stay float32. `init` and
 `apply` are the pure functions research code composes with jit, vmap and grad.
 """
 
+import functools
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -79,7 +81,58 @@ class MLP(nn.Module):
         )(x)
 
 
-MODELS = ("seed_cnn", "mlp")
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with BatchNorm and a shortcut (ResNet's basic block)."""
+
+    features: int
+    strides: int = 1
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        norm = functools.partial(
+            nn.BatchNorm, use_running_average=not train, momentum=0.9, dtype=self.dtype
+        )
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        y = conv(self.features, (3, 3), strides=self.strides, padding=1)(x)
+        y = nn.relu(norm()(y))
+        y = conv(self.features, (3, 3), padding=1)(y)
+        # Zero-initialised last scale: each block starts as the identity.
+        y = norm(scale_init=nn.initializers.zeros)(y)
+        if x.shape[-1] != self.features or self.strides != 1:
+            x = conv(self.features, (1, 1), strides=self.strides)(x)
+            x = norm()(x)
+        return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+    """ResNet-18 style with the CIFAR stem (a 3x3 conv, no max-pool).
+
+    Its BatchNorm statistics live in the TrainState's `batch_stats`; call it
+    with `train=True` (and `mutable=["batch_stats"]`) to train.
+    """
+
+    num_classes: int
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    width: int = 64
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        x = nn.Conv(self.width, (3, 3), padding=1, use_bias=False, dtype=self.dtype)(images)
+        x = nn.relu(
+            nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
+        )
+        for stage, num_blocks in enumerate(self.stage_sizes):
+            for block in range(num_blocks):
+                strides = 2 if stage > 0 and block == 0 else 1
+                x = ResidualBlock(self.width * 2**stage, strides, dtype=self.dtype)(x, train)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x)
+
+
+MODELS = ("seed_cnn", "mlp", "resnet")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def create_model(model_config, num_classes: int) -> nn.Module:
@@ -89,6 +142,11 @@ def create_model(model_config, num_classes: int) -> nn.Module:
             f"config.model.activation is {model_config.activation!r}; "
             f"use one of {', '.join(ACTIVATIONS)}"
         )
+    if model_config.dtype not in DTYPES:
+        raise UserError(
+            f"config.model.dtype is {model_config.dtype!r}; use one of {', '.join(DTYPES)}"
+        )
+    dtype = DTYPES[model_config.dtype]
     if model_config.name == "seed_cnn":
         return SeedCNN(
             num_classes=num_classes,
@@ -96,11 +154,20 @@ def create_model(model_config, num_classes: int) -> nn.Module:
             kernel_size=model_config.kernel_size,
             hidden=model_config.hidden,
             activation=model_config.activation,
+            dtype=dtype,
         )
     if model_config.name == "mlp":
         return MLP(
             num_classes=num_classes,
             hidden=tuple(model_config.mlp_hidden),
             activation=model_config.activation,
+            dtype=dtype,
+        )
+    if model_config.name == "resnet":
+        return ResNet(
+            num_classes=num_classes,
+            stage_sizes=tuple(model_config.resnet_stage_sizes),
+            width=model_config.resnet_width,
+            dtype=dtype,
         )
     raise UserError(f"config.model.name is {model_config.name!r}; use one of {', '.join(MODELS)}")

@@ -1,0 +1,110 @@
+"""The models: shapes, the config factory, mixed precision and the ResNet's batch statistics."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+import fmjax
+from fmjax.config import base_config
+from fmjax.errors import UserError
+from fmjax.losses import cross_entropy
+from fmjax.models import ResNet, SeedCNN, create_model
+from fmjax.parallel import make_data_parallel
+
+
+def model_config(**overrides):
+    config = base_config().model
+    config.update(overrides)
+    return config
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
+def test_seed_cnn_activations_change_the_output(activation):
+    model = create_model(model_config(activation=activation, hidden=8), num_classes=3)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
+    images = jnp.linspace(0, 1, 2 * 8 * 8 * 3).reshape(2, 8, 8, 3)
+    logits = model.apply({"params": params}, images)
+    chex.assert_shape(logits, (2, 3))
+    relu = SeedCNN(3, hidden=8).apply({"params": params}, images)
+    assert np.allclose(logits, relu) == (activation == "relu")
+
+
+def test_unknown_model_choices_are_user_errors():
+    with pytest.raises(UserError, match="config.model.name is 'vgg'"):
+        create_model(model_config(name="vgg"), 10)
+    with pytest.raises(UserError, match="config.model.activation is 'gelu'"):
+        create_model(model_config(activation="gelu"), 10)
+    with pytest.raises(UserError, match="config.model.dtype is 'float16'"):
+        create_model(model_config(dtype="float16"), 10)
+
+
+def test_bfloat16_computes_in_bfloat16_and_keeps_float32_params():
+    model = create_model(model_config(dtype="bfloat16", hidden=16), 10)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+    logits = model.apply(variables, jnp.ones((2, 8, 8, 3)))
+    assert logits.dtype == jnp.bfloat16
+    full = create_model(model_config(hidden=16), 10).apply(variables, jnp.ones((2, 8, 8, 3)))
+    np.testing.assert_allclose(logits.astype(np.float32), full, atol=0.05, rtol=0.05)
+
+
+def tiny_resnet_state():
+    model = ResNet(num_classes=4, stage_sizes=(1, 1), width=4)
+    return fmjax.create_train_state(
+        jax.random.key(0), model, optax.adam(1e-2), jnp.zeros((1, 8, 8, 3))
+    )
+
+
+def batches(count, size=16):
+    rng = np.random.default_rng(0)
+    return [
+        {
+            "image": rng.random((size, 8, 8, 3), dtype=np.float32) + (np.arange(size) % 4)[:, None, None, None] * 0.5,
+            "label": (np.arange(size) % 4).astype(np.int32),
+        }
+        for _ in range(count)
+    ]
+
+
+def test_resnet_batch_stats_live_in_the_state_and_update():
+    state = tiny_resnet_state()
+    assert state.batch_stats, "the ResNet's running statistics belong in the state"
+    step = jax.jit(fmjax.train_step)
+    first = None
+    for batch in batches(15):
+        new_state, metrics = step(state, batch)
+        first = first if first is not None else float(metrics["loss"])
+        assert not jax.tree.all(
+            jax.tree.map(lambda a, b: bool(jnp.all(a == b)), new_state.batch_stats, state.batch_stats)
+        )
+        state = new_state
+    assert float(metrics["loss"]) < first
+    sums = jax.jit(fmjax.eval_step)(state, batches(1, size=8)[0])
+    assert float(sums["count"]) == 8.0
+
+
+@pytest.mark.parametrize("mode", ["pmap", "jit"])
+def test_resnet_batch_stats_are_averaged_across_devices(mode):
+    parallel = make_data_parallel(mode, cross_entropy)
+    batch = batches(1)[0]
+    device_state, metrics = parallel.train_step(
+        parallel.put_state(tiny_resnet_state()), parallel.put_batch(batch)
+    )
+    assert np.isfinite(float(metrics["loss"]))
+    for leaf in jax.tree.leaves(device_state.batch_stats):
+        shards = [np.asarray(s.data) for s in leaf.addressable_shards]
+        assert len(shards) == 8
+        for shard in shards[1:]:
+            np.testing.assert_array_equal(shard, shards[0])
+    # The stem's BatchNorm sees the same inputs everywhere, so its running mean
+    # after one step is the whole batch's: the average of 8 equal devices' means.
+    state = jax.device_get(parallel.get_state(device_state))
+    single, _ = jax.jit(fmjax.train_step)(tiny_resnet_state(), batch)
+    np.testing.assert_allclose(
+        state.batch_stats["BatchNorm_0"]["mean"], single.batch_stats["BatchNorm_0"]["mean"], atol=1e-5
+    )
+    assert np.abs(single.batch_stats["BatchNorm_0"]["mean"]).max() > 0
