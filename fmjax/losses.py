@@ -4,10 +4,14 @@
 batch whose mask is all zero has loss 0, not NaN.
 """
 
+import functools
 from typing import Optional
 
+import jax
 import jax.numpy as jnp
 import optax
+
+from fmjax.errors import UserError
 
 
 def masked_mean(values: jnp.ndarray, mask: Optional[jnp.ndarray]) -> jnp.ndarray:
@@ -18,8 +22,17 @@ def masked_mean(values: jnp.ndarray, mask: Optional[jnp.ndarray]) -> jnp.ndarray
     return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+def _targets(labels: jnp.ndarray, num_classes: int, label_smoothing: float) -> jnp.ndarray:
+    """One-hot targets, with `label_smoothing` of the weight spread evenly over all classes."""
+    one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    return optax.smooth_labels(one_hot, label_smoothing) if label_smoothing else one_hot
+
+
 def cross_entropy(
-    logits: jnp.ndarray, labels: jnp.ndarray, mask: Optional[jnp.ndarray] = None
+    logits: jnp.ndarray,
+    labels: jnp.ndarray,
+    mask: Optional[jnp.ndarray] = None,
+    label_smoothing: float = 0.0,
 ) -> jnp.ndarray:
     """Softmax cross-entropy, as torch.nn.CrossEntropyLoss (the seed's criterion).
 
@@ -27,25 +40,32 @@ def cross_entropy(
       logits: float [B, num_classes].
       labels: int [B], class indices.
       mask: optional [B], 1 for real examples and 0 for padding.
+      label_smoothing: in [0, 1); 0 is the plain loss.
 
     Returns:
       The scalar mean loss over the unmasked examples.
     """
-    per_example = optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.float32), labels
-    )
+    logits = logits.astype(jnp.float32)
+    if label_smoothing:
+        targets = _targets(labels, logits.shape[-1], label_smoothing)
+        per_example = optax.softmax_cross_entropy(logits, targets)
+    else:
+        per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return masked_mean(per_example, mask)
 
 
 def mse(
-    logits: jnp.ndarray, labels: jnp.ndarray, mask: Optional[jnp.ndarray] = None
+    logits: jnp.ndarray,
+    labels: jnp.ndarray,
+    mask: Optional[jnp.ndarray] = None,
+    label_smoothing: float = 0.0,
 ) -> jnp.ndarray:
     """Mean squared error between the logits and one-hot targets (the seed's MSE).
 
     Each example's error is the mean over classes, as torch.nn.MSELoss against
     one-hot targets; the result is the mean over the unmasked examples.
     """
-    targets = jnp.eye(logits.shape[-1], dtype=jnp.float32)[labels]
+    targets = _targets(labels, logits.shape[-1], label_smoothing)
     per_example = jnp.mean((logits.astype(jnp.float32) - targets) ** 2, axis=-1)
     return masked_mean(per_example, mask)
 
@@ -53,9 +73,12 @@ def mse(
 LOSSES = {"cross_entropy": cross_entropy, "mse": mse}
 
 
-def get_loss(name: str):
-    """The loss function called `name` (cross_entropy or mse)."""
-    try:
+def get_loss(name: str, label_smoothing: float = 0.0):
+    """The loss called `name` (cross_entropy or mse) as (logits, labels, mask) -> loss."""
+    if name not in LOSSES:
+        raise UserError(f"config.loss is {name!r}; use one of {', '.join(LOSSES)}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise UserError(f"config.label_smoothing is {label_smoothing}; use a value in [0, 1)")
+    if not label_smoothing:
         return LOSSES[name]
-    except KeyError:
-        raise ValueError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}") from None
+    return functools.partial(LOSSES[name], label_smoothing=label_smoothing)

@@ -1,4 +1,6 @@
-"""The optax transformation a config asks for."""
+"""The optax transformation a config asks for: learning-rate schedule, clipping, optimizer."""
+
+from typing import Optional
 
 import ml_collections
 import optax
@@ -6,33 +8,89 @@ import optax
 from fmjax.errors import UserError
 
 OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "warmup_cosine", "step")
 
 
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Builds the optimizer named by `config.optimizer.name`.
+def create_learning_rate_schedule(
+    config: ml_collections.ConfigDict, steps_per_epoch: Optional[int] = None
+) -> optax.Schedule:
+    """The learning rate as a function of the step.
 
     Args:
-      config: reads `learning_rate` and the `optimizer` group: `name` ("adam",
-        the seed's, or "sgd", the seed's gradient descent), `momentum` (sgd; 0
-        is plain gradient descent), `nesterov` (sgd), `b1`, `b2`, `eps` (adam,
-        eps outside the square root as in Kingma and Ba and torch.optim.Adam)
-        and `weight_decay` (an L2 term added to the gradient before the update,
-        as torch's `weight_decay` does for both optimizers; 0 turns it off).
+      config: reads `learning_rate`, `num_epochs` and the `schedule` group:
+        `name` ("constant", the seed's; "warmup_cosine": linear warm-up over
+        `warmup_epochs` then cosine decay to `end_learning_rate` at the last
+        step; "step": multiplied by `decay_factor` at each epoch in
+        `decay_epochs`).
+      steps_per_epoch: converts epochs to steps; needed by every schedule but
+        "constant".
+
+    Returns:
+      An optax schedule, step -> learning rate.
+    """
+    schedule = config.schedule
+    if schedule.name == "constant":
+        return optax.constant_schedule(config.learning_rate)
+    if schedule.name not in SCHEDULES:
+        raise UserError(
+            f"config.schedule.name is {schedule.name!r}; use one of {', '.join(SCHEDULES)}"
+        )
+    if not steps_per_epoch:
+        raise ValueError(f"the {schedule.name!r} schedule needs steps_per_epoch")
+    if schedule.name == "warmup_cosine":
+        total_steps = config.num_epochs * steps_per_epoch
+        warmup_steps = int(round(schedule.warmup_epochs * steps_per_epoch))
+        if warmup_steps >= total_steps:
+            raise UserError(
+                f"config.schedule.warmup_epochs={schedule.warmup_epochs} leaves no step to "
+                f"decay in {config.num_epochs} epochs; make it smaller than num_epochs"
+            )
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0,
+            peak_value=config.learning_rate,
+            warmup_steps=warmup_steps,
+            decay_steps=total_steps,
+            end_value=schedule.end_learning_rate,
+        )
+    boundaries = {
+        int(epoch * steps_per_epoch): schedule.decay_factor for epoch in schedule.decay_epochs
+    }
+    return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+
+
+def create_optimizer(
+    config: ml_collections.ConfigDict, steps_per_epoch: Optional[int] = None
+) -> optax.GradientTransformation:
+    """Builds the optimizer that the config names, with its schedule and clipping.
+
+    Args:
+      config: reads `learning_rate`, the `schedule` group (see
+        create_learning_rate_schedule), `grad_clip_norm` (clip the gradients'
+        global norm to this; 0 turns it off) and the `optimizer` group: `name`
+        ("adam", the seed's, or "sgd", the seed's gradient descent), `momentum`
+        (sgd; 0 is plain gradient descent), `nesterov` (sgd), `b1`, `b2`, `eps`
+        (adam, eps outside the square root as in Kingma and Ba and
+        torch.optim.Adam) and `weight_decay` (an L2 term added to the gradient
+        before the update, as torch's `weight_decay` does for both optimizers;
+        0 turns it off).
+      steps_per_epoch: for schedules given in epochs.
 
     Returns:
       The optax transformation.
     """
     opt = config.optimizer
+    learning_rate = create_learning_rate_schedule(config, steps_per_epoch)
     if opt.name == "adam":
-        update = optax.adam(config.learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps)
+        update = optax.adam(learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps)
     elif opt.name == "sgd":
-        update = optax.sgd(
-            config.learning_rate, momentum=opt.momentum or None, nesterov=opt.nesterov
-        )
+        update = optax.sgd(learning_rate, momentum=opt.momentum or None, nesterov=opt.nesterov)
     else:
         raise UserError(
             f"config.optimizer.name is {opt.name!r}; use one of {', '.join(OPTIMIZERS)}"
         )
+    transforms = []
+    if config.grad_clip_norm > 0:
+        transforms.append(optax.clip_by_global_norm(config.grad_clip_norm))
     if opt.weight_decay:
-        return optax.chain(optax.add_decayed_weights(opt.weight_decay), update)
-    return update
+        transforms.append(optax.add_decayed_weights(opt.weight_decay))
+    return optax.chain(*transforms, update) if transforms else update
