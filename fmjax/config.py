@@ -20,6 +20,15 @@ def base_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 0  # besides every epoch's end; 0 = only there
     config.keep_checkpoints = 3  # the newest this many are kept
     config.loss = "cross_entropy"  # or "mse" (against one-hot targets)
+    config.label_smoothing = 0.0  # cross_entropy in training: weight spread over all classes
+    config.grad_clip_norm = 0.0  # clip gradients to this global norm; 0 = off
+
+    config.schedule = ml_collections.ConfigDict()
+    config.schedule.name = "constant"  # as the seed; or "warmup_cosine" or "step"
+    config.schedule.warmup_epochs = 0.0  # warmup_cosine: linear from 0 to learning_rate
+    config.schedule.end_learning_rate = 0.0  # warmup_cosine: at the last step
+    config.schedule.decay_epochs = (30, 60)  # step: epochs where the rate is multiplied...
+    config.schedule.decay_factor = 0.1  # ...by this
 
     config.data = ml_collections.ConfigDict()
     config.data.source = "digits"  # "digits", "image_folder" or "tfds"
@@ -31,6 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.normalize = False  # (x - mean) / std per channel after [0, 1]
     config.data.mean = (0.5, 0.5, 0.5)
     config.data.std = (0.5, 0.5, 0.5)
+    # Training-only augmentation; the seed has none.
+    config.data.random_crop_padding = 0  # pixels of zero padding, then a random crop back; 0 = off
+    config.data.horizontal_flip = False  # flip each training image with probability 1/2
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "seed_cnn"  # "seed_cnn", "mlp" or "resnet"
