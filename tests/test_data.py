@@ -18,6 +18,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from fmjax.config import base_config
 from fmjax.data import Dataset, load_dataset
 from fmjax.data.pipeline import Split, in_memory_split, shuffled_train_indices
 from fmjax.errors import UserError
@@ -26,21 +27,11 @@ IMAGE_SIZE = 8
 
 
 def make_config(**data_fields) -> ml_collections.ConfigDict:
-    data = dict(
-        source="digits",
-        root="",
-        name="",
-        data_dir="",
-        test_fraction=0.25,
-        split_seed=0,
-        normalize=False,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.25, 0.25, 0.25),
-    )
-    data.update(data_fields)
-    return ml_collections.ConfigDict(
-        dict(seed=0, image_size=IMAGE_SIZE, num_classes=10, data=data)
-    )
+    config = base_config()
+    config.image_size = IMAGE_SIZE
+    config.data.std = (0.25, 0.25, 0.25)
+    config.data.update(data_fields)
+    return config
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,11 @@ import ml_collections
 
 from fmjax.data.digits import digits_splits
 from fmjax.data.image_folder import image_folder_splits
-from fmjax.data.pipeline import Dataset
+from fmjax.data.pipeline import Augmentation, Dataset
 from fmjax.data.tfds import tfds_splits
 from fmjax.errors import UserError
 
-__all__ = ["Dataset", "load_dataset"]
+__all__ = ["Augmentation", "Dataset", "load_dataset"]
 
 SOURCES = ("digits", "image_folder", "tfds")
 
@@ -31,6 +31,9 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
       data.normalize: bool, whether to map pixels from [0, 1] to
         (x - data.mean) / data.std per channel.
       data.mean, data.std: 3 floats each, per RGB channel.
+      data.random_crop_padding: int, training only: pixels of border added
+        before a random crop back to image_size; 0 for none.
+      data.horizontal_flip: bool, training only: mirror half the images.
     """
     source = config.data.source
     if source == "digits":
@@ -60,7 +63,17 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
         test_split=test_split,
         pixel_mean=pixel_mean,
         pixel_std=pixel_std,
+        augmentation=_augmentation(config),
     )
+
+
+def _augmentation(config: ml_collections.ConfigDict) -> Augmentation:
+    padding = config.data.random_crop_padding
+    if padding < 0:
+        raise UserError(
+            f"config.data.random_crop_padding is {padding}; use 0 (off) or a positive number of pixels"
+        )
+    return Augmentation(random_crop_padding=padding, horizontal_flip=config.data.horizontal_flip)
 
 
 def _normalization(

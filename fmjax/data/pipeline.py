@@ -131,6 +131,36 @@ def _process_slice(
 
 
 @dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """Random changes to training images, drawn from (seed, epoch, example index).
+
+    Attributes:
+      random_crop_padding: pixels of black border added on each side before a
+        random crop back to the image size; 0 turns it off.
+      horizontal_flip: mirror each image with probability 1/2.
+    """
+
+    random_crop_padding: int = 0
+    horizontal_flip: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.random_crop_padding > 0 or self.horizontal_flip
+
+    def apply(self, image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        """`image` [H, W, C] in [0, 1], changed as `seed` (int64 [2]) decides."""
+        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        if self.random_crop_padding > 0:
+            height, width, channels = image.shape
+            pad = self.random_crop_padding
+            image = tf.image.pad_to_bounding_box(image, pad, pad, height + 2 * pad, width + 2 * pad)
+            image = tf.image.stateless_random_crop(image, (height, width, channels), seed=crop_seed)
+        if self.horizontal_flip:
+            image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+        return image
+
+
+@dataclasses.dataclass(frozen=True)
 class Dataset:
     """A data set ready to batch: sizes, class names and the two splits.
 
@@ -142,6 +172,7 @@ class Dataset:
       train_split, test_split: the examples, read by index.
       pixel_mean, pixel_std: per-channel normalisation applied after scaling
         to [0, 1], or None to keep pixels in [0, 1].
+      augmentation: what is done to training images only.
     """
 
     name: str
@@ -152,6 +183,7 @@ class Dataset:
     test_split: Split = dataclasses.field(repr=False)
     pixel_mean: tuple[float, float, float] | None = None
     pixel_std: tuple[float, float, float] | None = None
+    augmentation: Augmentation = Augmentation()
 
     @property
     def num_classes(self) -> int:
@@ -204,7 +236,18 @@ class Dataset:
             process_index,
             process_count,
         )
-        return self._batches(self.train_split, indices, mask=None)
+        augment_seeds = None
+        if self.augmentation.enabled:
+            # Each example's randomness depends on the run's seed, the epoch and
+            # the example alone, so a resumed run draws the same crops and flips.
+            augment_seeds = np.stack(
+                [
+                    np.full(indices.size, self.seed * 1_000_003 + epoch, np.int64),
+                    indices.reshape(-1).astype(np.int64),
+                ],
+                axis=1,
+            )
+        return self._batches(self.train_split, indices, mask=None, augment_seeds=augment_seeds)
 
     def test_batches(
         self, global_batch_size: int, *, process_index: int = 0, process_count: int = 1
@@ -229,28 +272,37 @@ class Dataset:
                 f"{self.num_train} training examples of {self.name}; lower the batch size"
             )
 
-    def _preprocess(self, image: tf.Tensor) -> tf.Tensor:
+    def _preprocess(self, image: tf.Tensor, augment_seed: tf.Tensor | None = None) -> tf.Tensor:
         height, width = self.image_shape[:2]
         # Antialiasing makes downscaling average pixels the way PIL's resize
         # (and so torchvision's) does, instead of skipping them.
         image = tf.image.resize(image, (height, width), antialias=True)
         if image.shape[-1] == 1:
             image = tf.image.grayscale_to_rgb(image)
+        if augment_seed is not None:
+            image = self.augmentation.apply(tf.ensure_shape(image, self.image_shape), augment_seed)
         if self.pixel_mean is not None:
             image = (image - self.pixel_mean) / self.pixel_std
         return tf.ensure_shape(image, self.image_shape)
 
     def _batches(
-        self, split: Split, indices: np.ndarray, mask: np.ndarray | None
+        self,
+        split: Split,
+        indices: np.ndarray,
+        mask: np.ndarray | None,
+        augment_seeds: np.ndarray | None = None,
     ) -> Iterator[Batch]:
         num_batches, local_batch = indices.shape
         flat_indices = indices.reshape(-1).astype(np.int64)
         columns = {"index": flat_indices, "label": split.labels[flat_indices]}
         if mask is not None:
             columns["mask"] = mask.reshape(-1)
+        if augment_seeds is not None:
+            columns["augment_seed"] = augment_seeds
 
         def read_example(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-            image = self._preprocess(split.read_image(example.pop("index")))
+            image = split.read_image(example.pop("index"))
+            image = self._preprocess(image, example.pop("augment_seed", None))
             return {"image": image, **example}
 
         stream = (
