@@ -30,9 +30,9 @@ def flat_keys(config, prefix=""):
     return keys
 
 
-def test_there_are_the_four_configs():
+def test_there_are_the_five_configs():
     names = [os.path.basename(p) for p in CONFIGS]
-    assert names == ["cifar10.py", "default.py", "mnist.py", "seed.py"]
+    assert names == ["cifar10.py", "cifar10_resnet.py", "default.py", "mnist.py", "seed.py"]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
@@ -46,7 +46,7 @@ def test_config_has_exactly_the_base_keys_and_a_header(path):
 
 
 def test_seed_config_is_the_seed():
-    config = load(CONFIGS[3])
+    config = load(os.path.join(os.path.dirname(CONFIGS[0]), "seed.py"))
     assert (config.image_size, config.num_epochs, config.learning_rate) == (224, 10, 1e-3)
     assert (config.model.name, config.model.features, config.model.kernel_size, config.model.hidden) == (
         "seed_cnn", 32, 5, 1000,
@@ -54,11 +54,13 @@ def test_seed_config_is_the_seed():
     assert (config.optimizer.name, config.data.source, config.data.normalize) == ("adam", "image_folder", False)
 
 
-@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar10_resnet"])
 def test_tfds_configs_train_on_mock_data(name, tmp_path):
     config = load(os.path.join(os.path.dirname(CONFIGS[0]), f"{name}.py"))
     config.image_size = 8
     config.model.hidden = 16
+    config.model.resnet_width = 4
+    config.model.resnet_stage_sizes = (1, 1)
     config.batch_size = 16
     config.num_epochs = 1
     with tfds.testing.mock_data(num_examples=40):
