@@ -51,7 +51,9 @@ def train_step(
         so every device applies the same update.
 
     Returns:
-      The new state and {"loss", "accuracy"}, means over the (unmasked) batch.
+      The new state and {"loss", "accuracy"}, means over the (unmasked) batch,
+      and "finite": whether the loss, the gradients and the new params,
+      optimizer state and batch statistics are free of NaN and Inf.
     """
     mask = batch.get("mask")
 
@@ -76,7 +78,20 @@ def train_step(
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats
     )
+    # One flag per step lets the loop find the first non-finite step without
+    # a host sync at every step.
+    metrics["finite"] = all_finite((metrics["loss"], grads, params, opt_state, batch_stats))
     return new_state, metrics
+
+
+def all_finite(tree: Any) -> jnp.ndarray:
+    """A bool scalar: True when no floating-point leaf of `tree` holds a NaN or an Inf."""
+    flags = [
+        jnp.all(jnp.isfinite(leaf))
+        for leaf in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
 
 
 def eval_step(
