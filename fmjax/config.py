@@ -19,6 +19,12 @@ def base_config() -> ml_collections.ConfigDict:
     config.shard_params_min_size = 2**16  # elements; smaller arrays stay replicated
     config.checkpoint_every_steps = 0  # besides every epoch's end; 0 = only there
     config.keep_checkpoints = 3  # the newest this many are kept
+    # Write each checkpoint in a background thread while training goes on
+    # (False: training waits for the write).
+    config.checkpoint_async = True
+    # Stop, naming the step, when a loss, gradient or updated param is NaN or
+    # Inf; nothing non-finite is saved.
+    config.halt_on_nonfinite = True
     config.loss = "cross_entropy"  # or "mse" (against one-hot targets)
     config.label_smoothing = 0.0  # cross_entropy in training: weight spread over all classes
     config.grad_clip_norm = 0.0  # clip gradients to this global norm; 0 = off
@@ -43,6 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Training-only augmentation; the seed has none.
     config.data.random_crop_padding = 0  # pixels of zero padding, then a random crop back; 0 = off
     config.data.horizontal_flip = False  # flip each training image with probability 1/2
+    # image_folder: an image that cannot be read (damaged, truncated, not an
+    # image): "error" stops naming the file; "skip" leaves it out and lists it.
+    config.data.on_bad_image = "error"
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "seed_cnn"  # "seed_cnn", "mlp" or "resnet"
