@@ -1,5 +1,7 @@
 """The input pipeline: a Dataset from a config, batches from a Dataset."""
 
+from typing import Callable
+
 import ml_collections
 
 from fmjax.data.digits import digits_splits
@@ -13,8 +15,13 @@ __all__ = ["Augmentation", "Dataset", "load_dataset"]
 SOURCES = ("digits", "image_folder", "tfds")
 
 
-def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
+def load_dataset(
+    config: ml_collections.ConfigDict, report: Callable[[str], None] = print
+) -> Dataset:
     """Builds the data set that config.data.source names: "digits", "image_folder" or "tfds".
+
+    `report` prints a line about the data that the user should see (what an
+    image folder's listing left out).
 
     Config fields read (the config files give every one a value; none has a
     default here):
@@ -34,6 +41,8 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
       data.random_crop_padding: int, training only: pixels of border added
         before a random crop back to image_size; 0 for none.
       data.horizontal_flip: bool, training only: mirror half the images.
+      data.on_bad_image: "error" or "skip", image_folder only: what an image
+        that cannot be read does.
     """
     source = config.data.source
     if source == "digits":
@@ -43,7 +52,9 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
         )
     elif source == "image_folder":
         name = config.data.root
-        class_names, train_split, test_split = image_folder_splits(config.data.root)
+        class_names, train_split, test_split = image_folder_splits(
+            config.data.root, config.data.on_bad_image, report
+        )
     elif source == "tfds":
         name = config.data.name
         class_names, train_split, test_split = tfds_splits(

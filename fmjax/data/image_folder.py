@@ -2,13 +2,26 @@
 
 The layout and class order follow torchvision's ImageFolder: classes are the
 train/ sub-folders sorted by name, and test/ uses the same mapping (it may
-lack classes, never add them). Files are checked when listed, cheaply, by
-their first bytes; a file whose body is damaged only shows up when decoded,
-and the error then names it too.
+lack classes, never add them). Real folders are messy, so:
+
+- hidden files (.DS_Store, ._name) and files that are not JPEG, PNG, GIF or
+  BMP by their extension (any case) are left out, and counted in one line;
+- an image that cannot be read is an error naming it, or, with
+  on_bad_image="skip", is left out and named at the start. Files are checked
+  when listed by their first bytes; with "skip" every image is also decoded
+  once, since a damaged body only shows when decoded (with "error" that
+  happens in training, and the error names the file too);
+- a train/ class folder left with no image is an error: dropping the class
+  would shift the labels of the classes after it.
+
+Decoding is exact: JPEGs with the accurate DCT that PIL (and so torchvision)
+uses, CMYK ones converted to RGB; PNGs at 16 bits, so a 16-bit PNG keeps its
+range and an 8-bit one gives exactly v / 255.
 """
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -18,13 +31,35 @@ from fmjax.data.pipeline import Split, uint8_to_unit_range
 from fmjax.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
-# tf.io.decode_image tells formats apart by these leading bytes.
-_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+BAD_IMAGE_CHOICES = ("error", "skip")
 _HEADER_BYTES = 32
+_MAX_NAMED = 10  # skipped images named in the start-up line; the rest are counted
+
+# Decoders, told apart by a file's leading bytes as tf.io.decode_image does.
+_PNG, _JPEG, _GIF_OR_BMP = 0, 1, 2
+_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": _PNG,
+    b"\xff\xd8\xff": _JPEG,
+    b"GIF87a": _GIF_OR_BMP,
+    b"GIF89a": _GIF_OR_BMP,
+    b"BM": _GIF_OR_BMP,
+}
 
 
-def image_folder_splits(root: str) -> tuple[list[str], Split, Split]:
-    """Class names and the (train, test) splits of the image folder at `root`."""
+def image_folder_splits(
+    root: str, on_bad_image: str, report: Callable[[str], None]
+) -> tuple[list[str], Split, Split]:
+    """Class names and the (train, test) splits of the image folder at `root`.
+
+    Args:
+      root: the folder holding train/ and test/.
+      on_bad_image: "error" or "skip", for images that cannot be read.
+      report: prints one line; told what was left out of each split.
+    """
+    if on_bad_image not in BAD_IMAGE_CHOICES:
+        raise UserError(
+            f"config.data.on_bad_image is {on_bad_image!r}; use one of {', '.join(BAD_IMAGE_CHOICES)}"
+        )
     root_dir = Path(root)
     if not root_dir.is_dir():
         raise UserError(
@@ -46,8 +81,8 @@ def image_folder_splits(root: str) -> tuple[list[str], Split, Split]:
             )
     return (
         class_names,
-        _folder_split(train_dir, class_names, every_class_needed=True),
-        _folder_split(test_dir, class_names, every_class_needed=False),
+        _folder_split(train_dir, class_names, True, on_bad_image, report),
+        _folder_split(test_dir, class_names, False, on_bad_image, report),
     )
 
 
@@ -59,75 +94,129 @@ def _visible_subfolders(directory: Path) -> list[str]:
     )
 
 
-def _folder_split(split_dir: Path, class_names: list[str], every_class_needed: bool) -> Split:
-    paths, labels = [], []
+def _folder_split(
+    split_dir: Path,
+    class_names: list[str],
+    every_class_needed: bool,
+    on_bad_image: str,
+    report: Callable[[str], None],
+) -> Split:
+    paths, labels, hidden, not_images = [], [], [], []
     for label, name in enumerate(class_names):
-        class_paths = _image_paths(split_dir / name)
-        if every_class_needed and not class_paths:
-            raise UserError(
-                f"class folder {split_dir / name} holds no images; add some or remove it"
+        images, class_hidden, class_not_images = _list_class(split_dir / name)
+        paths += images
+        labels += [label] * len(images)
+        hidden += class_hidden
+        not_images += class_not_images
+    left_out = [
+        _counted(files, kind, split_dir)
+        for files, kind in ((hidden, "hidden file"), (not_images, "non-image file"))
+        if files
+    ]
+    if left_out:
+        report(f"{split_dir}: left out {' and '.join(left_out)}")
+
+    inspected = [_inspect(path) for path in paths]
+    problems = [problem for _, problem in inspected if problem]
+    if problems and on_bad_image == "error":
+        raise UserError(f"{problems[0]} (or set config.data.on_bad_image=skip)")
+    decoders = [decoder for decoder, _ in inspected]
+    keep = [i for i, (_, problem) in enumerate(inspected) if not problem]
+    if on_bad_image == "skip":
+        undecodable = set(_undecodable([paths[i] for i in keep], [decoders[i] for i in keep]))
+        keep = [i for position, i in enumerate(keep) if position not in undecodable]
+        skipped = sorted(set(range(len(paths))) - set(keep))
+        if skipped:
+            named = [os.path.relpath(paths[i], split_dir) for i in skipped]
+            more = f" and {len(named) - _MAX_NAMED} more" if len(named) > _MAX_NAMED else ""
+            report(
+                f"{split_dir}: skipped {_plural(len(named), 'unreadable image')}: "
+                f"{', '.join(named[:_MAX_NAMED])}{more}"
             )
-        paths += class_paths
-        labels += [label] * len(class_paths)
+    paths = [paths[i] for i in keep]
+    labels = [labels[i] for i in keep]
+    decoders = [decoders[i] for i in keep]
+
+    if every_class_needed:
+        present = set(labels)
+        for label, name in enumerate(class_names):
+            if label not in present:
+                raise UserError(
+                    f"class folder {split_dir / name} holds no readable images; add some "
+                    "or remove the folder (an empty class would shift the labels after it)"
+                )
     if not paths:
         raise UserError(
             f"{split_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
             "put them in one sub-folder per class"
         )
-    for path in paths:
-        _check_header(path)
-    paths_tensor = tf.constant(paths)
+    paths_tensor, decoders_tensor = tf.constant(paths), tf.constant(decoders, tf.int32)
 
     def read_image(index: tf.Tensor) -> tf.Tensor:
-        return uint8_to_unit_range(_decode(tf.io.read_file(tf.gather(paths_tensor, index))))
+        encoded = tf.io.read_file(tf.gather(paths_tensor, index))
+        return _decode(encoded, tf.gather(decoders_tensor, index))
 
     def find_unreadable(indices: np.ndarray) -> UserError | None:
         for index in indices:
             try:
-                _decode(tf.io.read_file(paths[index]))
+                _decode(tf.io.read_file(paths[index]), tf.constant(decoders[index]))
             except tf.errors.OpError:
                 return UserError(
-                    f"image {paths[index]} cannot be decoded (damaged or truncated); "
-                    "replace or delete it"
+                    f"image {paths[index]} cannot be decoded (damaged or truncated); replace or "
+                    "delete it (or set config.data.on_bad_image=skip)"
                 )
         return None
 
     return Split(np.asarray(labels, np.int32), read_image, find_unreadable)
 
 
-def _image_paths(class_dir: Path) -> list[str]:
-    """Image files under class_dir, recursively, in sorted order; hidden ones skipped."""
+def _list_class(class_dir: Path) -> tuple[list[str], list[str], list[str]]:
+    """(image files, hidden files, other files) under class_dir, recursively, sorted.
+
+    Hidden sub-folders are skipped whole.
+    """
     if not class_dir.is_dir():
-        return []
-    paths = []
+        return [], [], []
+    images, hidden, others = [], [], []
     for directory, subdirectories, file_names in os.walk(class_dir, followlinks=True):
         subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
-        paths += [
-            os.path.join(directory, file_name)
-            for file_name in sorted(file_names)
-            if not file_name.startswith(".")
-            and file_name.lower().endswith(IMAGE_EXTENSIONS)
-        ]
-    return paths
+        for file_name in sorted(file_names):
+            path = os.path.join(directory, file_name)
+            if file_name.startswith("."):
+                hidden.append(path)
+            elif file_name.lower().endswith(IMAGE_EXTENSIONS):
+                images.append(path)
+            else:
+                others.append(path)
+    return images, hidden, others
 
 
-def _check_header(path: str) -> None:
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' * (count != 1)}"
+
+
+def _counted(paths: list[str], noun: str, split_dir: Path) -> str:
+    """E.g. "2 hidden files (cat/.DS_Store, ...)"."""
+    example = os.path.relpath(paths[0], split_dir)
+    return f"{_plural(len(paths), noun)} ({example}{', ...' * (len(paths) > 1)})"
+
+
+def _inspect(path: str) -> tuple[int, str]:
+    """The decoder a file needs, by its first bytes, and why it cannot be read ("" if it can)."""
     try:
         with open(path, "rb") as image_file:
             header = image_file.read(_HEADER_BYTES)
     except OSError as error:
-        raise UserError(
-            f"cannot read image {path} ({error.strerror}); fix its permissions or delete it"
-        ) from None
-    if not header.startswith(_IMAGE_SIGNATURES):
-        raise UserError(
-            f"{path} is not a JPEG, PNG, GIF or BMP image; replace or delete it"
-        )
+        return _GIF_OR_BMP, f"cannot read image {path} ({error.strerror}); fix its permissions or delete it"
+    decoder = next((d for signature, d in _SIGNATURES.items() if header.startswith(signature)), None)
+    if decoder is None:
+        return _GIF_OR_BMP, f"{path} is not a JPEG, PNG, GIF or BMP image; replace or delete it"
     if header.startswith(b"BM") and _is_palette_bmp_tensorflow_misreads(path, header):
-        raise UserError(
+        return decoder, (
             f"{path} is a colour-palette BMP, which TensorFlow decodes with wrong "
             "colours; convert it to PNG"
         )
+    return decoder, ""
 
 
 def _is_palette_bmp_tensorflow_misreads(path: str, header: bytes) -> bool:
@@ -146,7 +235,53 @@ def _is_palette_bmp_tensorflow_misreads(path: str, header: bytes) -> bool:
         return True
 
 
-def _decode(encoded: tf.Tensor) -> tf.Tensor:
+def _undecodable(paths: list[str], decoders: list[int]) -> list[int]:
+    """The positions in `paths` of the images that fail to decode, found by decoding each once."""
+    paths_tensor, decoders_tensor = tf.constant(paths, tf.string), tf.constant(decoders, tf.int32)
+
+    def decoded_size(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        image = _decode(tf.io.read_file(tf.gather(paths_tensor, index)), tf.gather(decoders_tensor, index))
+        return index, tf.size(image)  # the size makes tf.data run the decoder
+
+    decoded = (
+        tf.data.Dataset.range(len(paths))
+        .map(decoded_size, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+        .ignore_errors()
+    )
+    readable = {int(index) for index, _ in decoded.as_numpy_iterator()}
+    return [i for i in range(len(paths)) if i not in readable]
+
+
+def _decode(encoded: tf.Tensor, decoder: tf.Tensor) -> tf.Tensor:
+    """float32 [height, width, 3] pixels in [0, 1] from an encoded image."""
+    return tf.ensure_shape(
+        tf.switch_case(
+            decoder,
+            {
+                _PNG: lambda: _decode_png(encoded),
+                _JPEG: lambda: _decode_jpeg(encoded),
+                _GIF_OR_BMP: lambda: _decode_gif_or_bmp(encoded),
+            },
+        ),
+        [None, None, 3],
+    )
+
+
+def _decode_png(encoded: tf.Tensor) -> tf.Tensor:
+    # At 16 bits an 8-bit PNG's value v comes back as v * 257, and
+    # v * 257 / 65535 is exactly v / 255 in float32.
+    image = tf.io.decode_png(encoded, channels=3, dtype=tf.uint16)
+    return tf.cast(image, tf.float32) / 65535.0
+
+
+def _decode_jpeg(encoded: tf.Tensor) -> tf.Tensor:
+    # The default fast DCT is off by up to several levels from libjpeg's
+    # accurate one, which PIL uses.
+    return uint8_to_unit_range(
+        tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE")
+    )
+
+
+def _decode_gif_or_bmp(encoded: tf.Tensor) -> tf.Tensor:
     # channels=3 turns grey and RGBA into RGB; a GIF gives its first frame.
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    return tf.ensure_shape(image, [None, None, 3])
+    return uint8_to_unit_range(tf.io.decode_image(encoded, channels=3, expand_animations=False))

@@ -1,0 +1,142 @@
+"""Image folders as they come: junk files, odd formats, damaged images, empty classes.
+
+Hidden and non-image files are left out and counted; upper-case extensions
+count as images; CMYK JPEGs and 16-bit PNGs decode to exact RGB values in
+[0, 1]; an unreadable image is an error naming it, or with
+on_bad_image="skip" is left out and named at the start; a train/ class with
+no readable image is an error.
+"""
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from fmjax.config import base_config
+from fmjax.data import load_dataset
+from fmjax.errors import UserError
+
+SIZE = 4  # pixels; the images are SIZE x SIZE, so resizing leaves them as they are
+RNG = np.random.default_rng(0)
+RGB8 = RNG.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+GREY16 = RNG.integers(0, 65536, (SIZE, SIZE), dtype=np.uint16)
+RGB16 = RNG.integers(0, 65536, (SIZE, SIZE, 3), dtype=np.uint16)
+CMYK = (100, 50, 200, 60)  # ink amounts, as PIL counts them
+
+
+def config(root, on_bad_image):
+    config = base_config()
+    config.image_size = SIZE
+    config.data.source = "image_folder"
+    config.data.root = str(root)
+    config.data.on_bad_image = on_bad_image
+    return config
+
+
+def truncated_jpeg() -> bytes:
+    encoded = io.BytesIO()
+    Image.fromarray(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(encoded, "JPEG")
+    return encoded.getvalue()[: len(encoded.getvalue()) // 2]  # header intact, body cut
+
+
+@pytest.fixture
+def messy_root(tmp_path):
+    root = tmp_path / "photos"
+    for folder in ("train/cat", "train/dog", "train/bird", "test/cat", "test/dog", "test/bird"):
+        (root / folder).mkdir(parents=True)
+    train, test = root / "train", root / "test"
+    Image.fromarray(RGB8).save(train / "cat" / "a.png")
+    (train / "cat" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (train / "cat" / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (train / "cat" / "notes.txt").write_text("taken in 2019")
+    Image.fromarray(RGB8).save(train / "dog" / "b.JPG", quality=95)
+    (train / "dog" / "truncated.jpg").write_bytes(truncated_jpeg())
+    (train / "dog" / "labels.csv").write_text("file,label\n")
+    Image.fromarray(RGB8[::-1]).save(train / "bird" / "c.png")
+
+    Image.fromarray(GREY16).save(test / "cat" / "1.PNG")  # PIL writes mode I;16 as 16-bit grey
+    tf.io.write_file(str(test / "cat" / "2.png"), tf.io.encode_png(RGB16))
+    Image.new("CMYK", (SIZE, SIZE), CMYK).save(test / "cat" / "3.JPG", quality=100)
+    Image.fromarray(RGB8).save(test / "dog" / "4.png")
+    (test / "dog" / "not_an_image.png").write_text("<html>404</html>")
+    return root  # test/bird stays empty: a test split may lack a class
+
+
+def test_skip_leaves_out_junk_and_bad_images_and_says_which(messy_root):
+    lines = []
+    dataset = load_dataset(config(messy_root, "skip"), report=lines.append)
+    assert dataset.class_names == ["bird", "cat", "dog"]
+    assert (dataset.num_train, dataset.num_test) == (3, 4)
+    train, test = messy_root / "train", messy_root / "test"
+    assert lines == [
+        f"{train}: left out 2 hidden files (cat/.DS_Store, ...) and 2 non-image files (cat/notes.txt, ...)",
+        f"{train}: skipped 1 unreadable image: dog/truncated.jpg",
+        f"{test}: skipped 1 unreadable image: dog/not_an_image.png",
+    ]
+    (batch,) = dataset.train_batches(0, 3)
+    assert sorted(batch["label"]) == [0, 1, 2]
+
+
+def test_sixteen_bit_pngs_and_cmyk_jpegs_decode_exactly(messy_root):
+    dataset = load_dataset(config(messy_root, "skip"), report=lambda line: None)
+    batch = next(dataset.test_batches(4))
+    np.testing.assert_array_equal(batch["label"], [1, 1, 1, 2])
+    grey16, rgb16, cmyk, rgb8 = batch["image"]
+    # 16 bits keep their range: 65535 is 1.0, not 255 levels of the high byte.
+    np.testing.assert_array_equal(grey16, np.repeat(GREY16[..., None] / np.float32(65535), 3, axis=-1))
+    np.testing.assert_array_equal(rgb16, RGB16 / np.float32(65535))
+    np.testing.assert_array_equal(rgb8, RGB8 / np.float32(255))
+    # A CMYK JPEG (Adobe's, inverted) becomes RGB = (255 - ink) * (255 - black) / 255, rounded down.
+    ink = np.asarray(Image.open(messy_root / "test" / "cat" / "3.JPG")).astype(np.int64)
+    rgb = (255 - ink[..., :3]) * (255 - ink[..., 3:]) // 255
+    np.testing.assert_array_equal(cmyk, rgb.astype(np.float32) / np.float32(255))
+    assert tuple(rgb[0, 0]) == (118, 156, 42)
+
+
+def test_upper_case_jpeg_decodes_as_pil_does(messy_root):
+    dataset = load_dataset(config(messy_root, "skip"), report=lambda line: None)
+    (batch,) = dataset.train_batches(0, 3)
+    (jpeg,) = batch["image"][batch["label"] == 2]  # dog/b.JPG
+    expected = np.asarray(Image.open(messy_root / "train" / "dog" / "b.JPG"))
+    np.testing.assert_array_equal(jpeg, expected / np.float32(255))
+
+
+def test_error_names_the_bad_image_in_one_line(messy_root):
+    with pytest.raises(UserError) as error:
+        load_dataset(config(messy_root, "error"), report=lambda line: None)
+    assert str(error.value) == (
+        f"{messy_root / 'test' / 'dog' / 'not_an_image.png'} is not a JPEG, PNG, GIF or BMP image; "
+        "replace or delete it (or set config.data.on_bad_image=skip)"
+    )
+
+
+def test_truncated_image_is_named_when_training_reaches_it(messy_root):
+    (messy_root / "test" / "dog" / "not_an_image.png").unlink()
+    dataset = load_dataset(config(messy_root, "error"), report=lambda line: None)
+    with pytest.raises(UserError) as error:
+        list(dataset.train_batches(0, 4))
+    assert str(error.value) == (
+        f"image {messy_root / 'train' / 'dog' / 'truncated.jpg'} cannot be decoded (damaged or "
+        "truncated); replace or delete it (or set config.data.on_bad_image=skip)"
+    )
+
+
+@pytest.mark.parametrize("on_bad_image", ["error", "skip"])
+def test_a_train_class_without_readable_images_is_an_error(messy_root, on_bad_image):
+    fish = messy_root / "train" / "fish"
+    fish.mkdir()
+    (fish / ".DS_Store").write_bytes(b"\x00")
+    (messy_root / "test" / "dog" / "not_an_image.png").unlink()
+    with pytest.raises(UserError) as error:
+        load_dataset(config(messy_root, on_bad_image), report=lambda line: None)
+    assert str(error.value) == (
+        f"class folder {fish} holds no readable images; add some or remove the folder "
+        "(an empty class would shift the labels after it)"
+    )
+
+
+def test_an_unknown_choice_is_a_user_error(messy_root):
+    with pytest.raises(UserError, match=r"config.data.on_bad_image is 'ignore'; use one of error, skip"):
+        load_dataset(config(messy_root, "ignore"))
