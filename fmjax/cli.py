@@ -4,7 +4,15 @@ A mistake a user can fix (fmjax.errors.UserError, a bad flag, a missing
 config file, an unknown config key) prints one line on stderr and exits with
 status 2; --verbose shows its traceback as well.
 
-Exit statuses: 0 done, 2 bad input from the user.
+Exit statuses (train.py):
+  0    done.
+  2    bad input from the user (one line on stderr says what to fix).
+  3    training diverged: a loss, gradient or param became NaN or Inf
+       (config.halt_on_nonfinite); the line names the step, and the newest
+       checkpoint is finite.
+  143  stopped by SIGTERM (128 + 15, what a job scheduler expects of a
+       terminated job) after saving a checkpoint; the line says which step
+       and where, and the same command resumes.
 """
 
 import os
@@ -22,6 +30,8 @@ from fmjax.errors import UserError  # noqa: E402
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
+EXIT_PREEMPTED = 143
 
 
 def _config_path(argv: Sequence[str]) -> Optional[str]:
@@ -100,9 +110,21 @@ def run(main: Callable[[Sequence[str]], int], argv: Optional[Sequence[str]] = No
 def train_main(argv: Sequence[str]) -> int:
     """train.py: trains the config's model in --workdir, resuming from its latest checkpoint."""
     _, config, workdir = parse_flags(argv, lambda flag_values: None)
-    from fmjax.trainer import train_and_evaluate
+    import jax
 
-    record = train_and_evaluate(config, workdir)
+    from fmjax.preemption import Preempted
+    from fmjax.trainer import NonFiniteError, train_and_evaluate
+
+    try:
+        record = train_and_evaluate(config, workdir)
+    except Preempted as stop:
+        if jax.process_index() == 0:
+            print(f"preempted: {stop}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except NonFiniteError as error:
+        if jax.process_index() == 0:
+            print(f"error: {error}", file=sys.stderr)
+        return EXIT_DIVERGED
     print(f"test accuracy: {record['test_accuracy']:.2%} (workdir {workdir})")
     return EXIT_OK
 

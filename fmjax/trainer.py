@@ -2,12 +2,24 @@
 
 config -> data -> model and optimizer -> state (fresh or resumed) -> parallel
 steps -> epochs of train steps with checkpoints -> evaluation -> logs.
+
+Nothing is lost when a run stops. A checkpoint holds the state (params,
+optimizer state, step, rng, batch statistics), the data position (epoch and
+next batch; an epoch's order is a function of the seed and the epoch) and the
+epoch's train-metric sums so far. A step's inputs are functions of these, so
+a run killed at any point and started again with the same command ends with
+the same params, bit for bit, as a run never stopped; metrics.jsonl is cut
+back to the epochs the checkpoint holds and goes on from there. A SIGTERM
+saves at the next step boundary and raises Preempted; a NaN or Inf raises
+NonFiniteError before anything non-finite is saved.
 """
 
+import contextlib
+import dataclasses
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import ml_collections
@@ -21,7 +33,9 @@ from fmjax.losses import get_loss
 from fmjax.models import create_model
 from fmjax.optim import create_optimizer
 from fmjax.parallel import abstract_state, check_batch_size, make_data_parallel
+from fmjax.preemption import Preempted, watch_for_sigterm
 from fmjax.state import create_train_state
+from fmjax.workdir_lock import hold_workdir
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
@@ -49,14 +63,91 @@ def initial_state_fn(config: ml_collections.ConfigDict, dataset: Dataset):
     return lambda: create_train_state(jax.random.key(config.seed), model, optimizer, sample)
 
 
-def checkpoint_meta(dataset: Dataset, config, epoch: int, next_batch: int) -> dict:
-    """What a checkpoint records besides the arrays: the data position and class names."""
+@dataclasses.dataclass(frozen=True)
+class TrainSums:
+    """Sums of the per-step train metrics over the current epoch's steps so far.
+
+    Checkpoints keep them, so an epoch's train loss and accuracy come out the
+    same whether or not the run stopped inside it.
+    """
+
+    loss: float = 0.0
+    accuracy: float = 0.0
+    steps: int = 0
+
+
+class NonFiniteError(Exception):
+    """A step's loss, gradients or updated state held a NaN or an Inf; nothing of it was saved."""
+
+    def __init__(self, step: int, newest_checkpoint: Optional[int], directory: str):
+        saved = (
+            f"the newest checkpoint, step {newest_checkpoint} in {directory}, is finite"
+            if newest_checkpoint is not None
+            else "no checkpoint was saved"
+        )
+        super().__init__(
+            f"the loss, gradients or updated params became NaN or Inf at step {step}; "
+            f"{saved}; lower config.learning_rate (or set config.halt_on_nonfinite=False)"
+        )
+        self.step = step
+
+
+def first_nonfinite_step(step_metrics: list[dict], first_step: int) -> Optional[int]:
+    """The number of the first step whose "finite" flag is False, or None.
+
+    Args:
+      step_metrics: host copies of the metrics of steps first_step,
+        first_step + 1, ...
+      first_step: the step number (updates applied) after step_metrics[0].
+    """
+    for offset, metrics in enumerate(step_metrics):
+        if not metrics["finite"]:
+            return first_step + offset
+    return None
+
+
+def add_step_metrics(sums: TrainSums, step_metrics: list[dict]) -> TrainSums:
+    """`sums` with host copies of consecutive steps' metrics added.
+
+    One step at a time, in float64, so the same steps give the same sums
+    however they were split between calls.
+    """
+    loss, accuracy = sums.loss, sums.accuracy
+    for metrics in step_metrics:
+        loss += float(metrics["loss"])
+        accuracy += float(metrics["accuracy"])
+    return TrainSums(loss, accuracy, sums.steps + len(step_metrics))
+
+
+def checkpoint_meta(
+    dataset: Dataset, config, epoch: int, next_batch: int, sums: TrainSums
+) -> dict:
+    """What a checkpoint records besides the arrays: the data position, the epoch's sums, class names."""
     return {
         "epoch": epoch,
         "next_batch": next_batch,
+        "train_sums": dataclasses.asdict(sums),
         "class_names": list(dataset.class_names),
         "image_size": config.image_size,
     }
+
+
+def keep_metrics_through(workdir: str, last_epoch: int) -> None:
+    """Drops the metrics.jsonl lines of epochs after `last_epoch`.
+
+    A run that stopped before its checkpoint of those epochs was complete
+    wrote them; the resumed run writes them again.
+    """
+    path = os.path.join(workdir, METRICS_FILE)
+    if not is_logging_process() or not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = [line for line in lines if json.loads(line)["epoch"] <= last_epoch]
+    if kept != lines:
+        with open(path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)
 
 
 def train_and_evaluate(
@@ -70,97 +161,138 @@ def train_and_evaluate(
 
     Returns:
       The last epoch's metrics (the keys of metrics.jsonl).
+
+    Raises:
+      UserError: a mistake in the config, the data or the workdir (another
+        training running in it, say).
+      Preempted: a SIGTERM stopped the run after it saved a checkpoint.
+      NonFiniteError: a step became NaN or Inf (with config.halt_on_nonfinite).
     """
     # ---- Data and devices.
-    dataset = load_dataset(config)
+    dataset = load_dataset(config, report=log)
     parallel = make_data_parallel(config.parallel, get_loss(config.loss))
     check_batch_size(config.batch_size, parallel.num_devices)
     steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
 
-    # ---- State: fresh, or the latest checkpoint in workdir.
-    state_fn = initial_state_fn(config, dataset)
-    manager = ckpt.checkpoint_manager(workdir, max_to_keep=config.keep_checkpoints)
-    start_epoch, start_batch = 0, 0
-    latest = manager.latest_step()
-    if latest is None:
-        state = jax.jit(state_fn, out_shardings=parallel.state_sharding)()
-    else:
-        target = abstract_state(state_fn, parallel.state_sharding)
-        state, meta = ckpt.restore_checkpoint(manager, latest, target)
-        start_epoch, start_batch = meta["epoch"], meta["next_batch"]
-        log(f"resumed from step {latest} in {ckpt.checkpoint_dir(workdir)} (epoch {start_epoch + 1}, batch {start_batch})")
-    device_state = parallel.put_state(state)
-    del state
-
-    if is_logging_process():
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-
-    def save(epoch: int, next_batch: int) -> None:
-        state = parallel.get_state(device_state)
-        ckpt.save_checkpoint(manager, state, checkpoint_meta(dataset, config, epoch, next_batch))
-
-    # ---- The loop.
-    record: dict[str, Any] = {}
-    for epoch in range(start_epoch, config.num_epochs):
-        first_batch = start_batch if epoch == start_epoch else 0
-        batches = dataset.train_batches(
-            epoch,
-            config.batch_size,
-            start_batch=first_batch,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
+    with contextlib.ExitStack() as on_exit:
+        on_exit.enter_context(hold_workdir(workdir))
+        should_stop = on_exit.enter_context(watch_for_sigterm())
+        manager = ckpt.checkpoint_manager(
+            workdir, max_to_keep=config.keep_checkpoints, async_save=config.checkpoint_async
         )
-        progress = tqdm.tqdm(
-            batches,
-            total=steps_per_epoch - first_batch,
-            desc=f"epoch {epoch + 1}/{config.num_epochs}",
-            disable=not is_logging_process(),
-            leave=False,
-        )
-        step_metrics = []
-        timed_start, timed_steps = None, 0
-        for batch_index, batch in enumerate(progress, start=first_batch):
-            device_state, metrics = parallel.train_step(device_state, parallel.put_batch(batch))
-            step_metrics.append(metrics)
-            if timed_start is None:  # the first step compiles; time the rest
-                jax.block_until_ready(metrics)
-                timed_start = time.perf_counter()
-            else:
-                timed_steps += 1
-            step = epoch * steps_per_epoch + batch_index + 1
-            if config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0:
-                if batch_index + 1 < steps_per_epoch:  # the epoch's end saves anyway
-                    save(epoch, batch_index + 1)
-        jax.block_until_ready(step_metrics)
-        elapsed = time.perf_counter() - timed_start if timed_start is not None else 0.0
-        save(epoch + 1, 0)
+        # However the run ends, the save in flight completes first.
+        on_exit.callback(manager.close)
 
-        # ---- Evaluation and logs.
-        train = jax.device_get(step_metrics)
-        test = evaluate(parallel, device_state, dataset, config.batch_size)
-        record = {
-            "epoch": epoch + 1,
-            "step": (epoch + 1) * steps_per_epoch,
-            "train_loss": float(np.mean([m["loss"] for m in train])) if train else float("nan"),
-            "train_accuracy": float(np.mean([m["accuracy"] for m in train])) if train else float("nan"),
-            "test_loss": test["loss"],
-            "test_accuracy": test["accuracy"],
-            "images_per_second": timed_steps * config.batch_size / elapsed if elapsed > 0 else float("nan"),
-        }
-        log(
-            f"epoch {record['epoch']}/{config.num_epochs}  step {record['step']}  "
-            f"train loss {record['train_loss']:.4f}  train acc {record['train_accuracy']:.2%}  "
-            f"test loss {record['test_loss']:.4f}  test acc {record['test_accuracy']:.2%}  "
-            f"{record['images_per_second']:.0f} images/s"
+        # ---- State: fresh, or the newest readable checkpoint in workdir.
+        state_fn = initial_state_fn(config, dataset)
+        restored = ckpt.restore_newest_readable(
+            manager, abstract_state(state_fn, parallel.state_sharding), warn=log
         )
+        if restored is None:
+            state = jax.jit(state_fn, out_shardings=parallel.state_sharding)()
+            saved_step, start_epoch, start_batch, sums = None, 0, 0, TrainSums()
+        else:
+            saved_step, state, meta = restored
+            start_epoch, start_batch = meta["epoch"], meta["next_batch"]
+            sums = TrainSums(**meta["train_sums"])
+            log(
+                f"resumed from step {saved_step} in {manager.directory} "
+                f"(epoch {start_epoch + 1}, batch {start_batch})"
+            )
+        device_state = parallel.put_state(state)
+        del state
+
         if is_logging_process():
-            with open(os.path.join(workdir, METRICS_FILE), "a") as f:
-                f.write(json.dumps(record) + "\n")
+            with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+                f.write(config.to_json_best_effort(indent=2))
+        keep_metrics_through(workdir, start_epoch)
 
-    manager.wait_until_finished()
+        def save(epoch: int, next_batch: int, sums: TrainSums) -> None:
+            meta = checkpoint_meta(dataset, config, epoch, next_batch, sums)
+            ckpt.save_checkpoint(manager, parallel.get_state(device_state), meta)
+
+        def add_checked(sums: TrainSums, pending: list[dict], last_step: int) -> TrainSums:
+            # Before every save: the steps since the last one must be finite.
+            host_metrics = jax.device_get(pending)
+            bad_step = first_nonfinite_step(host_metrics, last_step - len(pending) + 1)
+            if config.halt_on_nonfinite and bad_step is not None:
+                raise NonFiniteError(bad_step, saved_step, str(manager.directory))
+            return add_step_metrics(sums, host_metrics)
+
+        # ---- The loop.
+        record: dict[str, Any] = {}
+        for epoch in range(start_epoch, config.num_epochs):
+            first_batch = start_batch if epoch == start_epoch else 0
+            batches = dataset.train_batches(
+                epoch,
+                config.batch_size,
+                start_batch=first_batch,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            )
+            progress = tqdm.tqdm(
+                batches,
+                total=steps_per_epoch - first_batch,
+                desc=f"epoch {epoch + 1}/{config.num_epochs}",
+                disable=not is_logging_process(),
+                leave=False,
+            )
+            pending: list[dict] = []  # metrics of the steps not yet added to sums
+            stop = False
+            timed_start, timed_steps = None, 0
+            for batch_index, batch in enumerate(progress, start=first_batch):
+                device_state, metrics = parallel.train_step(device_state, parallel.put_batch(batch))
+                pending.append(metrics)
+                if timed_start is None:  # the first step compiles; time the rest
+                    jax.block_until_ready(metrics)
+                    timed_start = time.perf_counter()
+                else:
+                    timed_steps += 1
+                step = epoch * steps_per_epoch + batch_index + 1
+                stop = should_stop(step)
+                due = config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0
+                if (due or stop) and batch_index + 1 < steps_per_epoch:  # the epoch's end saves anyway
+                    sums, pending = add_checked(sums, pending, step), []
+                    save(epoch, batch_index + 1, sums)
+                    saved_step = step
+                    if stop:
+                        raise Preempted(step, str(manager.directory))
+
+            # ---- The epoch's end: check, evaluate, log, save.
+            step = (epoch + 1) * steps_per_epoch
+            sums, pending = add_checked(sums, pending, step), []
+            elapsed = time.perf_counter() - timed_start if timed_start is not None else 0.0
+            if stop:  # at the epoch's last step: evaluating is left to the resumed run
+                save(epoch, steps_per_epoch, sums)
+                raise Preempted(step, str(manager.directory))
+            test = evaluate(parallel, device_state, dataset, config.batch_size)
+            record = {
+                "epoch": epoch + 1,
+                "step": step,
+                "train_loss": sums.loss / sums.steps if sums.steps else float("nan"),
+                "train_accuracy": sums.accuracy / sums.steps if sums.steps else float("nan"),
+                "test_loss": test["loss"],
+                "test_accuracy": test["accuracy"],
+                "images_per_second": timed_steps * config.batch_size / elapsed if elapsed > 0 else float("nan"),
+            }
+            log(
+                f"epoch {record['epoch']}/{config.num_epochs}  step {record['step']}  "
+                f"train loss {record['train_loss']:.4f}  train acc {record['train_accuracy']:.2%}  "
+                f"test loss {record['test_loss']:.4f}  test acc {record['test_accuracy']:.2%}  "
+                f"{record['images_per_second']:.0f} images/s"
+            )
+            if is_logging_process():
+                with open(os.path.join(workdir, METRICS_FILE), "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            # Saved after the log line, so a checkpoint at an epoch's start
+            # means that epoch's line is written. A run resumed from a stop at
+            # the last step holds this step already.
+            sums = TrainSums()
+            if saved_step != step:
+                save(epoch + 1, 0, sums)
+                saved_step = step
+
     if not record:  # the checkpoint already held a finished run
         test = evaluate(parallel, device_state, dataset, config.batch_size)
-        record = {"epoch": config.num_epochs, "step": latest, "test_loss": test["loss"], "test_accuracy": test["accuracy"]}
+        record = {"epoch": config.num_epochs, "step": saved_step, "test_loss": test["loss"], "test_accuracy": test["accuracy"]}
     return record

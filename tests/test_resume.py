@@ -1,0 +1,248 @@
+"""Nothing lost: stopped runs resume to the same bits, and what must not happen does not.
+
+A run killed with SIGKILL, or stopped with SIGTERM, and started again with
+the same command ends with params and optimizer state bit-identical (on CPU)
+to a run that never stopped, and with the same metrics.jsonl. That run saved
+only at epoch ends: when checkpoints are written changes nothing else. A NaN
+stops training before it is saved, a damaged newest checkpoint gives way to
+the one before, and a second training on a busy workdir is refused.
+
+The stopped runs are real train.py processes on the same eight CPU devices
+as this one (conftest's XLA_FLAGS, inherited), resumed in this process. The
+parent watches the checkpoints folder: Orbax writes a step under a temporary
+name and renames it to the bare step number when complete, so a numbered
+folder is a finished checkpoint. With a checkpoint every step, each step
+waits for the previous write, so the child is at most a few steps past the
+one that triggered the signal, far from the run's end; and wherever it
+stops, the resumed result must be the same, which keeps the test
+deterministic.
+"""
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from fmjax import checkpoint as ckpt
+from fmjax import cli, trainer
+from fmjax.workdir_lock import hold_workdir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_PY = os.path.join(ROOT, "train.py")
+# 1347 training digits in batches of 64: 21 steps an epoch, 42 in all.
+STEPS_PER_EPOCH, LAST_STEP = 21, 42
+COMMAND = [
+    "--config", os.path.join(ROOT, "configs", "default.py"),
+    "--config.image_size=8", "--config.model.hidden=32", "--config.num_epochs=2",
+    "--config.batch_size=64",
+]
+EVERY_STEP = "--config.checkpoint_every_steps=1"
+ONLY_AT_EPOCH_ENDS = "--config.checkpoint_every_steps=0"
+CHILD_ENV = dict(
+    os.environ,
+    JAX_DEFAULT_MATMUL_PRECISION="float32",  # as conftest sets in this process
+    PYTHONUNBUFFERED="1",  # the "resumed from" line survives a SIGKILL
+)
+
+
+def train(workdir, *extra):
+    return cli.run(cli.train_main, ["train.py", *COMMAND, "--workdir", str(workdir), *extra])
+
+
+def saved_arrays(workdir, step=LAST_STEP):
+    """The params, optimizer state and step of a checkpoint, by tree path, as numpy arrays."""
+    manager = ckpt.checkpoint_manager(str(workdir), create=False)
+    metadata = manager.item_metadata(step)["state"]
+    item = {key: metadata[key] for key in ("params", "opt_state", "step")}
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=item,
+                restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item),
+                partial_restore=True,
+            )
+        ),
+    ).state
+    return {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(restored)}
+
+
+def metrics_without_speed(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    return [{k: v for k, v in r.items() if k != "images_per_second"} for r in records]
+
+
+def assert_same_run(workdir, reference):
+    arrays, expected = saved_arrays(workdir), saved_arrays(reference)
+    assert arrays.keys() == expected.keys()
+    assert any("opt_state" in key for key in arrays)
+    for key in expected:
+        np.testing.assert_array_equal(arrays[key], expected[key], err_msg=key)
+    assert metrics_without_speed(workdir) == metrics_without_speed(reference)
+
+
+def newest_step(workdir):
+    folder = os.path.join(workdir, "checkpoints")
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return max((int(name) for name in names if name.isdigit()), default=0)
+
+
+def signal_after(workdir, step, signum, *extra):
+    """Runs train.py until a checkpoint at `step` or later is complete, then sends `signum`.
+
+    Returns:
+      (exit status, stdout, stderr) of the child.
+    """
+    child = subprocess.Popen(
+        [sys.executable, TRAIN_PY, *COMMAND, "--workdir", str(workdir), *extra],
+        env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 180
+    while newest_step(workdir) < step and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    child.send_signal(signum)
+    out, err = child.communicate(timeout=180)
+    assert child.returncode != 0, f"train.py ended before step {step}: {err[-2000:]}"
+    return child.returncode, out, err
+
+
+def resumed_step(output):
+    found = re.findall(r"resumed from step (\d+)", output)
+    assert len(found) == 1, output
+    return int(found[0])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The run that never stopped; when checkpoints are written changes nothing else."""
+    workdir = tmp_path_factory.mktemp("reference")
+    assert train(workdir, ONLY_AT_EPOCH_ENDS) == 0
+    return workdir
+
+
+def test_killed_twice_then_stopped_then_resumed_equals_the_run_never_stopped(tmp_path, reference, capsys):
+    rng = np.random.default_rng()  # kill points differ from run to run
+    # Run 1: SIGKILL inside epoch 1.
+    first_kill = int(rng.integers(2, 12))
+    status, _, _ = signal_after(tmp_path, first_kill, signal.SIGKILL, EVERY_STEP)
+    assert status == -signal.SIGKILL
+
+    # Run 2: resumes inside epoch 1; SIGKILL a few steps on, up to early epoch 2.
+    second_kill = int(rng.integers(newest_step(tmp_path) + 3, STEPS_PER_EPOCH + 6))
+    status, out, _ = signal_after(tmp_path, second_kill, signal.SIGKILL, EVERY_STEP)
+    assert status == -signal.SIGKILL
+    first_resume = resumed_step(out)
+    assert first_kill <= first_resume < STEPS_PER_EPOCH, (first_kill, first_resume)
+
+    # Run 3: SIGTERM inside epoch 2; it saves at the next step boundary and says where.
+    low = max(newest_step(tmp_path) + 3, STEPS_PER_EPOCH + 2)
+    sigterm_after = int(rng.integers(low, max(low + 1, LAST_STEP - 8)))
+    status, out, err = signal_after(tmp_path, sigterm_after, signal.SIGTERM, EVERY_STEP)
+    assert status == cli.EXIT_PREEMPTED == 143
+    assert second_kill <= resumed_step(out), second_kill
+    last_line = err.strip().splitlines()[-1]
+    match = re.fullmatch(
+        r"preempted: stopped by SIGTERM after saving step (\d+) in (\S+); run the same command to resume",
+        last_line,
+    )
+    assert match, last_line
+    stopped_at = int(match.group(1))
+    assert sigterm_after <= stopped_at < LAST_STEP, (sigterm_after, stopped_at)
+    assert match.group(2) == os.path.join(str(tmp_path), "checkpoints")
+    assert newest_step(tmp_path) == stopped_at
+
+    capsys.readouterr()
+    assert train(tmp_path, EVERY_STEP) == 0  # the same command, now to the end
+    assert resumed_step(capsys.readouterr().out) == stopped_at
+    assert_same_run(tmp_path, reference)
+
+
+def test_a_stop_at_an_epochs_last_step_leaves_its_evaluation_to_the_resumed_run(
+    tmp_path, reference, monkeypatch, capsys
+):
+    @contextlib.contextmanager
+    def sigterm_during_step_21():
+        yield lambda step: step == STEPS_PER_EPOCH
+
+    monkeypatch.setattr(trainer, "watch_for_sigterm", sigterm_during_step_21)
+    assert train(tmp_path, ONLY_AT_EPOCH_ENDS) == cli.EXIT_PREEMPTED
+    assert f"preempted: stopped by SIGTERM after saving step {STEPS_PER_EPOCH} in" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "metrics.jsonl")  # epoch 1 was not evaluated
+
+    monkeypatch.undo()
+    assert train(tmp_path, ONLY_AT_EPOCH_ENDS) == 0
+    assert f"resumed from step {STEPS_PER_EPOCH} in {tmp_path / 'checkpoints'} (epoch 1, batch 21)" in (
+        capsys.readouterr().out
+    )
+    assert_same_run(tmp_path, reference)
+
+
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_resumes(tmp_path, reference, capsys):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    newest = workdir / "checkpoints" / str(LAST_STEP)
+    for data_file in (newest / "state" / "ocdbt.process_0" / "d").iterdir():
+        with open(data_file, "r+b") as f:  # cut every array file of step 42 short
+            f.truncate(os.path.getsize(data_file) // 2)
+
+    capsys.readouterr()
+    assert train(workdir, ONLY_AT_EPOCH_ENDS) == 0
+    out = capsys.readouterr().out.splitlines()
+    warning = [line for line in out if line.startswith("warning:")]
+    assert len(warning) == 1, out
+    assert warning[0].startswith(f"warning: checkpoint step {LAST_STEP} in {workdir / 'checkpoints'} is unreadable (")
+    assert warning[0].endswith(f"setting it aside in {workdir / 'damaged_checkpoints'}")
+    assert resumed_step("\n".join(out)) == STEPS_PER_EPOCH
+    assert os.path.isdir(workdir / "damaged_checkpoints" / str(LAST_STEP))
+    # Epoch 2 was trained and step 42 saved again, the same as before.
+    assert_same_run(workdir, reference)
+
+
+def test_evaluating_a_damaged_step_is_one_line(tmp_path, reference, capsys):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    os.remove(workdir / "checkpoints" / str(LAST_STEP) / "state" / "_METADATA")
+    capsys.readouterr()
+    argv = ["evaluate.py", *COMMAND, "--workdir", str(workdir)]
+    assert cli.run(cli.evaluate_main, argv) == cli.EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"error: the checkpoint at step {LAST_STEP} in {workdir / 'checkpoints'} is damaged (")
+    assert err[0].endswith(f"pass --step with one of {STEPS_PER_EPOCH}")
+
+
+def test_a_diverging_run_stops_naming_the_step_before_saving_it(tmp_path, capsys):
+    diverging = ["--config.optimizer.name=sgd", "--config.learning_rate=1e30"]
+    assert train(tmp_path, EVERY_STEP, *diverging) == cli.EXIT_DIVERGED == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in err if line.startswith("error:")] == [
+        "error: the loss, gradients or updated params became NaN or Inf at step 2; "
+        f"the newest checkpoint, step 1 in {tmp_path / 'checkpoints'}, is finite; "
+        "lower config.learning_rate (or set config.halt_on_nonfinite=False)"
+    ]
+    assert newest_step(tmp_path) == 1
+    assert all(np.isfinite(a).all() for a in saved_arrays(tmp_path, 1).values())
+
+
+def test_a_second_training_on_a_busy_workdir_is_refused(tmp_path, capsys):
+    # A run killed with SIGKILL frees the lock: the kill test resumes after two.
+    with hold_workdir(str(tmp_path)):
+        assert train(tmp_path) == cli.EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: another training (pid {os.getpid()} on {socket.gethostname()}) is running in "
+        f"{tmp_path}; wait for it to finish, or pass another --workdir"
+    ]
+    assert not os.path.exists(tmp_path / "checkpoints")
