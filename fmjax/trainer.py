@@ -58,7 +58,7 @@ def initial_state_fn(config: ml_collections.ConfigDict, dataset: Dataset):
     It is pure, so `jax.eval_shape` of it gives the state's shapes for free.
     """
     model = create_model(config.model, dataset.num_classes)
-    optimizer = create_optimizer(config)
+    optimizer = create_optimizer(config, dataset.steps_per_epoch(config.batch_size))
     sample = jax.ShapeDtypeStruct((1, *dataset.image_shape), np.float32)
     return lambda: create_train_state(jax.random.key(config.seed), model, optimizer, sample)
 
