@@ -136,13 +136,13 @@ def test_killed_twice_then_stopped_then_resumed_equals_the_run_never_stopped(tmp
     rng = np.random.default_rng()  # kill points differ from run to run
     # Run 1: SIGKILL inside epoch 1.
     first_kill = int(rng.integers(2, 12))
-    status, _, _ = signal_after(tmp_path, first_kill, signal.SIGKILL, EVERY_STEP)
-    assert status == -signal.SIGKILL
+    status, _, err = signal_after(tmp_path, first_kill, signal.SIGKILL, EVERY_STEP)
+    assert status == -signal.SIGKILL, err[-2000:]
 
     # Run 2: resumes inside epoch 1; SIGKILL a few steps on, up to early epoch 2.
     second_kill = int(rng.integers(newest_step(tmp_path) + 3, STEPS_PER_EPOCH + 6))
-    status, out, _ = signal_after(tmp_path, second_kill, signal.SIGKILL, EVERY_STEP)
-    assert status == -signal.SIGKILL
+    status, out, err = signal_after(tmp_path, second_kill, signal.SIGKILL, EVERY_STEP)
+    assert status == -signal.SIGKILL, err[-2000:]
     first_resume = resumed_step(out)
     assert first_kill <= first_resume < STEPS_PER_EPOCH, (first_kill, first_resume)
 
@@ -150,7 +150,7 @@ def test_killed_twice_then_stopped_then_resumed_equals_the_run_never_stopped(tmp
     low = max(newest_step(tmp_path) + 3, STEPS_PER_EPOCH + 2)
     sigterm_after = int(rng.integers(low, max(low + 1, LAST_STEP - 8)))
     status, out, err = signal_after(tmp_path, sigterm_after, signal.SIGTERM, EVERY_STEP)
-    assert status == cli.EXIT_PREEMPTED == 143
+    assert status == cli.EXIT_PREEMPTED == 143, err[-2000:]
     assert second_kill <= resumed_step(out), second_kill
     last_line = err.strip().splitlines()[-1]
     match = re.fullmatch(
