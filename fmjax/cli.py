@@ -107,9 +107,47 @@ def run(main: Callable[[Sequence[str]], int], argv: Optional[Sequence[str]] = No
         return EXIT_USER_ERROR
 
 
+def define_distributed_flags(flag_values: flags.FlagValues) -> None:
+    """Flags that make this process one of a multi-process run (see fmjax.distributed)."""
+    flags.DEFINE_string(
+        "coordinator_address", None,
+        "HOST:PORT of process 0's coordinator in a multi-process run (or $JAX_COORDINATOR_ADDRESS).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "num_processes", None, "Processes in the run (or $JAX_NUM_PROCESSES).", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "process_id", None, "This process, 0..num_processes-1 (or $JAX_PROCESS_ID).", flag_values=flag_values
+    )
+    flags.DEFINE_bool(
+        "distributed", False,
+        "Join a multi-process run that JAX detects (every worker of a TPU VM pod slice).",
+        flag_values=flag_values,
+    )
+
+
+def join_process_group(flag_values: flags.FlagValues) -> None:
+    """Initialises jax.distributed when the flags or environment name a multi-process run.
+
+    Call it before anything imports the trainer's device code or touches a device.
+    """
+    from fmjax import distributed
+
+    group = distributed.process_group(
+        flag_values.coordinator_address,
+        flag_values.num_processes,
+        flag_values.process_id,
+        auto_detect=flag_values.distributed,
+    )
+    if group is not None:
+        distributed.initialize(group)
+
+
 def train_main(argv: Sequence[str]) -> int:
     """train.py: trains the config's model in --workdir, resuming from its latest checkpoint."""
-    _, config, workdir = parse_flags(argv, lambda flag_values: None)
+    flag_values, config, workdir = parse_flags(argv, define_distributed_flags)
+    join_process_group(flag_values)
     import jax
 
     from fmjax.preemption import Preempted
@@ -125,11 +163,13 @@ def train_main(argv: Sequence[str]) -> int:
         if jax.process_index() == 0:
             print(f"error: {error}", file=sys.stderr)
         return EXIT_DIVERGED
-    print(f"test accuracy: {record['test_accuracy']:.2%} (workdir {workdir})")
+    if jax.process_index() == 0:
+        print(f"test accuracy: {record['test_accuracy']:.2%} (workdir {workdir})")
     return EXIT_OK
 
 
 def _define_evaluate_flags(flag_values: flags.FlagValues) -> None:
+    define_distributed_flags(flag_values)
     flags.DEFINE_integer(
         "step", None, "The checkpoint's step (default: the latest).", flag_values=flag_values
     )
@@ -138,11 +178,16 @@ def _define_evaluate_flags(flag_values: flags.FlagValues) -> None:
 def evaluate_main(argv: Sequence[str]) -> int:
     """scripts/evaluate.py: evaluates a checkpoint's params and writes workdir/eval_<step>.json."""
     flag_values, config, workdir = parse_flags(argv, _define_evaluate_flags)
+    join_process_group(flag_values)
     import json
+
+    import jax
 
     from fmjax.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(config, workdir, flag_values.step)
+    if jax.process_index() != 0:  # every process evaluates its share; process 0 reports
+        return EXIT_OK
     path = os.path.join(workdir, f"eval_{result['step']}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
