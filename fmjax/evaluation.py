@@ -54,7 +54,12 @@ def evaluate_checkpoint(
       of lists, rows are true labels)}.
     """
     dataset = load_dataset(config)
-    parallel = make_data_parallel(config.parallel, get_loss(config.loss))
+    parallel = make_data_parallel(
+        config.parallel,
+        get_loss(config.loss),
+        shard_params=config.shard_params,
+        shard_params_min_size=config.shard_params_min_size,
+    )
     check_batch_size(config.batch_size, parallel.num_devices)
     step, params = ckpt.restore_params_at(workdir, step)
     model = create_model(config.model, dataset.num_classes)

@@ -170,7 +170,12 @@ def train_and_evaluate(
     """
     # ---- Data and devices.
     dataset = load_dataset(config, report=log)
-    parallel = make_data_parallel(config.parallel, get_loss(config.loss))
+    parallel = make_data_parallel(
+        config.parallel,
+        get_loss(config.loss),
+        shard_params=config.shard_params,
+        shard_params_min_size=config.shard_params_min_size,
+    )
     check_batch_size(config.batch_size, parallel.num_devices)
     steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
 
@@ -189,7 +194,7 @@ def train_and_evaluate(
             manager, abstract_state(state_fn, parallel.state_sharding), warn=log
         )
         if restored is None:
-            state = jax.jit(state_fn, out_shardings=parallel.state_sharding)()
+            state = jax.jit(state_fn, out_shardings=parallel.state_sharding(jax.eval_shape(state_fn)))()
             saved_step, start_epoch, start_batch, sums = None, 0, 0, TrainSums()
         else:
             saved_step, state, meta = restored
