@@ -1,0 +1,167 @@
+"""Two processes of two CPU devices each train and evaluate exactly as one process of four.
+
+The processes join through jax.distributed on localhost (gloo collectives),
+started by fmjax.distributed.launch_local; a timeout makes a hang fail.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fmjax
+from fmjax import distributed
+from fmjax.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.py")
+TINY = [
+    "--config.image_size=8",
+    "--config.model.hidden=32",
+    "--config.num_epochs=1",
+    "--config.batch_size=64",
+]
+TIMEOUT_S = 150
+MODES = ("pmap", "jit")
+
+# Each process: joins the run the JAX_* variables name (none: one process),
+# trains in each mode in WORKDIR/<mode>, evaluates the checkpoint there, and
+# process 0 writes WORKDIR/summary.json.
+CHILD = textwrap.dedent(
+    """
+    import json, os, sys
+    from fmjax import cli
+    flag_values, config, workdir = cli.parse_flags(sys.argv, cli.define_distributed_flags)
+    cli.join_process_group(flag_values)
+    import jax
+    from fmjax.evaluation import evaluate_checkpoint
+    from fmjax.trainer import train_and_evaluate
+    runs = {}
+    for mode in %r:
+        config.parallel = mode
+        record = train_and_evaluate(config, os.path.join(workdir, mode))
+        evaluation = evaluate_checkpoint(config, os.path.join(workdir, mode))
+        runs[mode] = {
+            "test_accuracy": record["test_accuracy"],
+            "eval_accuracy": evaluation["accuracy"],
+            "eval_examples": evaluation["num_examples"],
+        }
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump({"processes": jax.process_count(), "devices": jax.device_count(), "runs": runs}, f)
+    """
+    % (MODES,)
+)
+
+
+def child_command(workdir):
+    return [sys.executable, "-c", CHILD, "--config", DEFAULT_CONFIG, "--workdir", str(workdir), *TINY]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """(two processes x two devices, one process x four devices): their workdirs, trained."""
+    two, one = tmp_path_factory.mktemp("two_processes"), tmp_path_factory.mktemp("one_process")
+    group_env = (distributed.COORDINATOR_ADDRESS_ENV, distributed.NUM_PROCESSES_ENV, distributed.PROCESS_ID_ENV)
+    env = {k: v for k, v in os.environ.items() if k not in group_env}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    # The reference runs alongside the pair: the machine's cores are shared among the three.
+    reference = subprocess.Popen(child_command(one), env=env)
+    try:
+        status = distributed.launch_local(
+            child_command(two), 2, devices_per_process=2, timeout_s=TIMEOUT_S
+        )
+        reference_status = reference.wait(timeout=TIMEOUT_S)
+    finally:
+        if reference.poll() is None:
+            reference.kill()
+            reference.wait()
+    assert status == 0, "the two-process run failed (or timed out: 124)"
+    assert reference_status == 0, "the one-process run failed"
+    return two, one
+
+
+def summary(workdir):
+    with open(os.path.join(workdir, "summary.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.multiprocess
+def test_the_runs_have_the_processes_and_devices_asked_for(runs):
+    two, one = runs
+    assert (summary(two)["processes"], summary(two)["devices"]) == (2, 4)
+    assert (summary(one)["processes"], summary(one)["devices"]) == (1, 4)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("mode", MODES)
+def test_two_processes_end_with_the_params_of_one(runs, mode):
+    two, one = runs
+    got = fmjax.restore_params(os.path.join(two, mode))
+    expected = fmjax.restore_params(os.path.join(one, mode))
+    for layer in expected:
+        for name in expected[layer]:
+            np.testing.assert_allclose(got[layer][name], expected[layer][name], atol=1e-5)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("mode", MODES)
+def test_evaluation_counts_every_test_example_once(runs, mode):
+    two, one = runs
+    got, expected = summary(two)["runs"][mode], summary(one)["runs"][mode]
+    assert got["eval_examples"] == expected["eval_examples"] == 450  # the digits' test split
+    assert got["eval_accuracy"] == expected["eval_accuracy"] == got["test_accuracy"]
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("mode", MODES)
+def test_only_process_zero_writes_the_logs(runs, mode):
+    two, _ = runs
+    with open(os.path.join(two, mode, "metrics.jsonl")) as f:
+        assert [json.loads(line)["epoch"] for line in f] == [1]
+    assert sorted(os.listdir(os.path.join(two, mode, "checkpoints"))) == ["21"]
+
+
+def test_a_failing_process_stops_the_others_and_its_status_is_returned():
+    wait_or_fail = (
+        "import os, sys, time\n"
+        "if os.environ['JAX_PROCESS_ID'] == '1': sys.exit(3)\n"
+        "time.sleep(60)\n"
+    )
+    assert distributed.launch_local([sys.executable, "-c", wait_or_fail], 2, timeout_s=30) == 3
+
+
+def test_a_hung_run_is_stopped_at_the_timeout():
+    assert distributed.launch_local([sys.executable, "-c", "import time; time.sleep(60)"], 2, timeout_s=1) == 124
+
+
+def test_the_process_group_comes_from_flags_then_the_environment():
+    env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:8476", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
+    assert distributed.process_group(environ={}) is None
+    assert distributed.process_group(environ=env) == distributed.ProcessGroup("10.0.0.1:8476", 4, 3)
+    assert distributed.process_group(process_id=1, environ=env) == distributed.ProcessGroup("10.0.0.1:8476", 4, 1)
+    # --distributed alone: JAX detects all three.
+    assert distributed.process_group(auto_detect=True, environ={}) == distributed.ProcessGroup(None, None, None)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"coordinator_address": "localhost:1234"}, r"also needs --num_processes, --process_id"),
+        ({"coordinator_address": "localhost", "num_processes": 2, "process_id": 0}, r"give it as HOST:PORT"),
+        ({"coordinator_address": "h:1", "num_processes": 2, "process_id": 2}, r"must be in 0\.\.1"),
+        ({"coordinator_address": "h:1", "num_processes": 0, "process_id": 0}, r"at least 1"),
+    ],
+)
+def test_a_partial_or_malformed_process_group_is_a_user_error(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        distributed.process_group(environ={}, **kwargs)
+
+
+def test_a_malformed_environment_variable_is_a_user_error():
+    with pytest.raises(UserError, match=r"JAX_NUM_PROCESSES='two' is not a whole number"):
+        distributed.process_group(environ={"JAX_NUM_PROCESSES": "two"})
