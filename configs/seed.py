@@ -7,8 +7,26 @@
 # Batch size 32: the seed loops over single images, but its intent is shuffled
 # mini-batches (a DataLoader); 32 is DataLoader-like and divides by 1 to 32 devices.
 # Memory is ruled by fc1, not the batch: 32*220*220 = 1,548,800 inputs x 1000
-# = 1.55e9 weights, 6.2 GB in float32, about 25 GB with its gradient and Adam's
-# two moments, while a batch of 32 adds about 0.4 GB of activations.
+# = 1.55e9 weights, 6.2 GB in float32, 24.8 GB with its gradient and Adam's two
+# moments, while a batch of 32 adds about 0.4 GB of activations.
+#
+# Devices. Per device, as XLA's memory analysis of the compiled train step puts
+# it (batch 32, float32, compiled for CPU devices; other backends schedule
+# their buffers differently, so keep a margin):
+# - Data parallel (parallel "pmap", or "jit" alone): every device holds the whole
+#   state, about 28 GB on one device and 31 GB on each of several. That needs
+#   a device of 32 GB or more: an A100 or H100 (80 GB), or, tightly, a TPU v4
+#   chip (32 GiB). A TPU v3 core or v5e chip (16 GiB) cannot hold it.
+# - FSDP, adding --config.parallel=jit --config.shard_params=True: fc1 and its
+#   Adam moments are split by output feature, about 14 GB per device on 2
+#   devices, 7 GB on 4 and 3.5 GB on 8. So 16 GiB devices train it: 4 or more
+#   (a v3-8 slice's 8 cores, a v5e-8's 8 chips), 2 only tightly. Use a device
+#   count that divides fc1's 1000 outputs (2, 4, 5, 8, 10, 20, 25, 40, ...): on
+#   16, fc1 is split by input instead and XLA gathers it whole on every device
+#   (about 14 GB each again).
+#
+#   python train.py --config configs/seed.py --config.data.root=/path/to/images \
+#       --config.parallel=jit --config.shard_params=True
 #
 # Expect: not measured. No image folder of the seed's kind ships with fmjax, and at
 # 224x224 the state (about 25 GB) does not fit the 24 GB, 2-core machine fmjax is
