@@ -144,10 +144,25 @@ def join_process_group(flag_values: flags.FlagValues) -> None:
         distributed.initialize(group)
 
 
+def _define_train_flags(flag_values: flags.FlagValues) -> None:
+    define_distributed_flags(flag_values)
+    flags.DEFINE_bool(
+        "dry_run",
+        False,
+        "Plan the run (parameters, memory, flops, whether it fits) without reading data or training.",
+        flag_values=flag_values,
+    )
+
+
 def train_main(argv: Sequence[str]) -> int:
     """train.py: trains the config's model in --workdir, resuming from its latest checkpoint."""
-    flag_values, config, workdir = parse_flags(argv, define_distributed_flags)
+    flag_values, config, workdir = parse_flags(argv, _define_train_flags)
     join_process_group(flag_values)
+    if flag_values.dry_run:
+        from fmjax.dry_run import format_plan, plan_run
+
+        print(format_plan(plan_run(config)))
+        return EXIT_OK
     import jax
 
     from fmjax.preemption import Preempted

@@ -61,6 +61,7 @@ def test_tfds_configs_train_on_mock_data(name, tmp_path):
     config.model.hidden = 16
     config.model.resnet_width = 4
     config.model.resnet_stage_sizes = (1, 1)
+    config.schedule.warmup_epochs = 0.5  # of the single epoch's two steps
     config.batch_size = 16
     config.num_epochs = 1
     with tfds.testing.mock_data(num_examples=40):

@@ -1,0 +1,181 @@
+"""Plans a run before it starts: parameters, memory and flops, from shapes alone.
+
+Nothing here allocates the model or reads data: the state comes from
+`jax.eval_shape`, and the train step is lowered and compiled for abstract
+inputs, so the seed's 1.55-billion-weight model can be planned on a laptop.
+"""
+
+import dataclasses
+import functools
+import math
+import os
+from typing import Any, Optional
+
+import jax
+import ml_collections
+import numpy as np
+
+from fmjax.losses import get_loss
+from fmjax.models import create_model
+from fmjax.optim import create_optimizer
+from fmjax.state import create_train_state
+from fmjax.steps import train_step
+
+# Room left on a device for XLA's own buffers and fragmentation.
+USABLE_MEMORY_FRACTION = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a config's run needs, per device.
+
+    Attributes:
+      layers: (layer name, number of weights) in the model's order.
+      total_params: the sum of `layers`.
+      param_bytes, grad_bytes, optimizer_bytes: the state's parts, in bytes.
+      flops_per_step: XLA's count for one device's train step.
+      step_memory_bytes: the compiled step's arguments, outputs and temporaries
+        on one device, less the buffers it reuses.
+      batch_per_device: examples one device sees per step.
+      num_devices: the devices JAX sees.
+      device_kind: what they are (e.g. "cpu", "TPU v4").
+      device_memory_bytes: one device's memory where JAX reports it, else the
+        host's memory for CPU devices, else None.
+    """
+
+    layers: list[tuple[str, int]]
+    total_params: int
+    param_bytes: int
+    grad_bytes: int
+    optimizer_bytes: int
+    flops_per_step: float
+    step_memory_bytes: int
+    batch_per_device: int
+    num_devices: int
+    device_kind: str
+    device_memory_bytes: Optional[int]
+
+    @property
+    def state_bytes(self) -> int:
+        return self.param_bytes + self.grad_bytes + self.optimizer_bytes
+
+    @property
+    def fits(self) -> Optional[bool]:
+        if self.device_memory_bytes is None:
+            return None
+        return self.step_memory_bytes <= USABLE_MEMORY_FRACTION * self.device_memory_bytes
+
+    def devices_needed_with_sharding(self) -> Optional[int]:
+        """Devices over which sharded params, gradients and Adam moments fit beside the rest."""
+        if self.device_memory_bytes is None:
+            return None
+        unsharded = max(self.step_memory_bytes - self.state_bytes, 0)
+        room = USABLE_MEMORY_FRACTION * self.device_memory_bytes - unsharded
+        if room <= 0:
+            return None
+        return max(1, math.ceil(self.state_bytes / room))
+
+
+def _nbytes(tree: Any) -> int:
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def _layer_sizes(params: Any) -> list[tuple[str, int]]:
+    return [
+        (name, sum(int(np.prod(x.shape)) for x in jax.tree.leaves(layer)))
+        for name, layer in params.items()
+    ]
+
+
+def _device_memory(device: jax.Device) -> Optional[int]:
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    if device.platform == "cpu":
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return None
+
+
+def plan_run(config: ml_collections.ConfigDict) -> Plan:
+    """Plans `config`'s run on this machine's devices without allocating or reading data.
+
+    The class count is `config.num_classes` and the input is
+    `config.image_size` square with 3 channels. The step is compiled as one
+    device runs it in data-parallel training: the whole state and
+    `batch_size / device count` examples.
+    """
+    num_devices = jax.device_count()
+    batch_per_device = max(config.batch_size // num_devices, 1)
+    model = create_model(config.model, config.num_classes)
+    # The data's size is unknown here; a schedule's shape does not change the step's cost.
+    optimizer = create_optimizer(config, steps_per_epoch=1)
+    image = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), np.float32)
+    state = jax.eval_shape(
+        lambda: create_train_state(jax.random.key(config.seed), model, optimizer, image)
+    )
+    batch = {
+        "image": jax.ShapeDtypeStruct((batch_per_device, *image.shape[1:]), np.float32),
+        "label": jax.ShapeDtypeStruct((batch_per_device,), np.int32),
+    }
+    step = jax.jit(functools.partial(train_step, loss_fn=get_loss(config.loss)), donate_argnums=0)
+    compiled = step.lower(state, batch).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    memory = compiled.memory_analysis()
+    step_memory = (
+        memory.argument_size_in_bytes
+        + memory.output_size_in_bytes
+        + memory.temp_size_in_bytes
+        - memory.alias_size_in_bytes
+    )
+    device = jax.devices()[0]
+    layers = _layer_sizes(state.params)
+    return Plan(
+        layers=layers,
+        total_params=sum(n for _, n in layers),
+        param_bytes=_nbytes(state.params),
+        grad_bytes=_nbytes(state.params),
+        optimizer_bytes=_nbytes(state.opt_state),
+        flops_per_step=float(cost.get("flops", float("nan"))) if cost else float("nan"),
+        step_memory_bytes=int(step_memory),
+        batch_per_device=batch_per_device,
+        num_devices=num_devices,
+        device_kind=device.device_kind,
+        device_memory_bytes=_device_memory(device),
+    )
+
+
+def _gb(num_bytes: float) -> str:
+    return f"{num_bytes / 1e9:,.2f} GB"
+
+
+def format_plan(plan: Plan) -> str:
+    """The plan as the lines `train.py --dry_run` prints."""
+    width = max(len(name) for name, _ in plan.layers + [("total", 0)])
+    lines = ["parameters per layer:"]
+    lines += [f"  {name:<{width}}  {count:>15,}" for name, count in plan.layers]
+    lines.append(f"  {'total':<{width}}  {plan.total_params:>15,}")
+    lines += [
+        f"params {_gb(plan.param_bytes)}, gradients {_gb(plan.grad_bytes)}, "
+        f"optimizer state {_gb(plan.optimizer_bytes)}: {_gb(plan.state_bytes)} in all",
+        f"train step on one device ({plan.batch_per_device} examples): "
+        f"{plan.flops_per_step:,.0f} flops, {_gb(plan.step_memory_bytes)} of memory (XLA)",
+    ]
+    memory = "memory not reported" if plan.device_memory_bytes is None else (
+        f"{_gb(plan.device_memory_bytes)} each"
+    )
+    lines.append(f"devices: {plan.num_devices} x {plan.device_kind}, {memory}")
+    if plan.fits is None:
+        lines.append("fits: unknown (the devices do not report their memory)")
+    elif plan.fits:
+        lines.append("fits: yes")
+    else:
+        needed = plan.devices_needed_with_sharding()
+        advice = (
+            f"set --config.parallel=jit --config.shard_params=True and use at least "
+            f"{needed} devices of this size"
+            if needed
+            else "the activations alone exceed one device; lower batch_size or image_size"
+        )
+        lines.append(f"fits: no ({_gb(plan.step_memory_bytes)} needed per device); {advice}")
+    return "\n".join(lines)

@@ -1,0 +1,52 @@
+"""train.py --dry_run counts parameters by hand-checkable numbers, for every config."""
+
+import glob
+import os
+
+import pytest
+
+from fmjax import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+
+
+def dry_run(capsys, *argv):
+    assert cli.run(cli.train_main, ["train.py", *argv, "--dry_run"]) == 0
+    return capsys.readouterr().out
+
+
+def total_line(out):
+    return next(line for line in out.splitlines() if line.strip().startswith("total"))
+
+
+def test_default_config_total_matches_a_hand_count(capsys):
+    out = dry_run(capsys, "--config", os.path.join(ROOT, "configs", "default.py"))
+    # 16x16 through a 5x5 VALID conv is 12x12x32 = 4608 inputs to fc1.
+    conv1 = 5 * 5 * 3 * 32 + 32
+    fc1 = 12 * 12 * 32 * 1000 + 1000
+    fc2 = 1000 * 10 + 10
+    assert total_line(out).split() == ["total", f"{conv1 + fc1 + fc2:,}"]
+    assert f"{fc1:,}" in out
+    assert "fits: yes" in out
+
+
+def test_seed_config_shows_fc1_and_does_not_fit_one_cpu_device(capsys):
+    out = dry_run(capsys, "--config", os.path.join(ROOT, "configs", "seed.py"))
+    fc1_weights = 32 * 220 * 220 * 1000
+    assert fc1_weights == 1_548_800_000
+    fc1 = fc1_weights + 1000
+    total = (5 * 5 * 3 * 32 + 32) + fc1 + (1000 * 10 + 10)
+    assert total_line(out).split() == ["total", f"{total:,}"]
+    assert f"{fc1:,}" in out
+    # params + gradients + two Adam moments, float32: 4 copies of 4 bytes.
+    state_gb = 4 * 4 * total / 1e9
+    assert f"{state_gb:,.2f} GB in all" in out
+    # 8 CPU devices of this machine's memory cannot each hold ~25 GB.
+    assert "fits: no" in out and "shard_params" in out
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_every_config_plans(path, capsys):
+    out = dry_run(capsys, "--config", path, "--config.image_size=32")
+    assert "flops" in out and "devices: 8 x cpu" in out
