@@ -53,8 +53,8 @@ def measure_checkpoint_cost(
     root: str,
     *,
     every_steps: int = 10,
-    num_epochs: int = 4,
-    rounds: int = 2,
+    num_epochs: int = 2,
+    rounds: int = 6,
 ) -> CheckpointCost:
     """Trains `config` once per variant and round, and returns the step times.
 

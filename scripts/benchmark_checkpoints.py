@@ -1,14 +1,15 @@
 """What a checkpoint costs the train step, written synchronously and asynchronously.
 
 python scripts/benchmark_checkpoints.py --config configs/default.py [--every 10]
-    [--epochs 4] [--rounds 2] [--config.KEY=VALUE ...]
+    [--epochs 2] [--rounds 6] [--config.KEY=VALUE ...]
 
 Trains the config without mid-epoch checkpoints, then with one every --every
 steps written synchronously, then asynchronously (see
 fmjax.checkpoint_benchmark), --rounds times in turns, and prints a markdown
-table of the median step times. The runs' workdirs are temporary. On 2 CPU
-cores, configs/default.py with --rounds 3 takes about 2 minutes. Exit
-statuses: 0 done, 2 bad input.
+table of the median step times. The runs' workdirs are temporary. Many short
+rounds weigh a machine whose load changes on all variants alike. On 2 CPU
+cores, configs/default.py takes about 2 minutes. Exit statuses: 0 done, 2
+bad input.
 """
 
 import contextlib
@@ -25,8 +26,8 @@ from fmjax import cli
 
 def _define_flags(flag_values: flags.FlagValues) -> None:
     flags.DEFINE_integer("every", 10, "Steps between two checkpoints.", lower_bound=1, flag_values=flag_values)
-    flags.DEFINE_integer("epochs", 4, "Epochs per run; the first is not counted.", lower_bound=2, flag_values=flag_values)
-    flags.DEFINE_integer("rounds", 2, "Runs of each variant, in turns.", lower_bound=1, flag_values=flag_values)
+    flags.DEFINE_integer("epochs", 2, "Epochs per run; the first is not counted.", lower_bound=2, flag_values=flag_values)
+    flags.DEFINE_integer("rounds", 6, "Runs of each variant, in turns.", lower_bound=1, flag_values=flag_values)
 
 
 def _machine() -> str:
