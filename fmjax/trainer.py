@@ -39,6 +39,10 @@ from fmjax.workdir_lock import hold_workdir
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
+# Steps dispatched ahead of the one the host waits for. Enough to keep devices
+# busy; unbounded queues of collectives can deadlock XLA's CPU runtime when
+# several fake devices share few cores.
+MAX_STEPS_IN_FLIGHT = 2
 
 
 def is_logging_process() -> bool:
@@ -248,6 +252,8 @@ def train_and_evaluate(
             for batch_index, batch in enumerate(progress, start=first_batch):
                 device_state, metrics = parallel.train_step(device_state, parallel.put_batch(batch))
                 pending.append(metrics)
+                if len(pending) > MAX_STEPS_IN_FLIGHT:
+                    jax.block_until_ready(pending[-MAX_STEPS_IN_FLIGHT - 1])
                 if timed_start is None:  # the first step compiles; time the rest
                     jax.block_until_ready(metrics)
                     timed_start = time.perf_counter()
