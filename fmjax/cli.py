@@ -15,6 +15,8 @@ Exit statuses (train.py):
        and where, and the same command resumes.
 """
 
+import argparse
+import json
 import os
 import re
 import sys
@@ -60,15 +62,49 @@ def define_common_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> N
     flags.DEFINE_bool("verbose", False, "Show tracebacks of errors.", flag_values=flag_values)
 
 
-def parse_flags(argv: Sequence[str], define_flags: Callable[[flags.FlagValues], None]):
+class HelpShown(Exception):
+    """--help was asked for and printed; the command ends with status 0."""
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse for fmjax's scripts: a bad flag is a UserError, and --help gives one line a flag."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault(
+            "formatter_class", lambda prog: argparse.HelpFormatter(prog, max_help_position=32, width=1000)
+        )
+        super().__init__(**kwargs)
+
+    def error(self, message: str):
+        raise UserError(f"{message}; run with --help for the flags")
+
+
+def _print_help(flag_values: flags.FlagValues, summary: str) -> None:
+    print(f"{summary}\n\nflags:")
+    for name in flag_values:
+        flag = flag_values[name]
+        if name != flag.name or name.startswith("config."):  # short aliases, config overrides
+            continue
+        print(f"  --{name}: {flag.help}")
+
+
+def parse_flags(
+    argv: Sequence[str], define_flags: Callable[[flags.FlagValues], None], summary: str = ""
+):
     """Parses argv with fmjax's common flags plus `define_flags`'s; user errors raise UserError.
 
     Returns:
       (flag values, config, workdir).
+
+    Raises:
+      HelpShown: after printing one line per flag, when argv asks for --help.
     """
     flag_values = flags.FlagValues()
     define_common_flags(flag_values, argv)
     define_flags(flag_values)
+    if any(arg in ("--help", "-h", "--helpfull") for arg in argv[1:]):
+        _print_help(flag_values, summary)
+        raise HelpShown()
     path = _config_path(argv[1:])
     if path is None:
         raise UserError("no config given; pass --config configs/default.py (or another file in configs/)")
@@ -100,6 +136,8 @@ def run(main: Callable[[Sequence[str]], int], argv: Optional[Sequence[str]] = No
     argv = list(sys.argv if argv is None else argv)
     try:
         return main(argv)
+    except HelpShown:
+        return EXIT_OK
     except UserError as e:
         if "--verbose" in argv:
             raise
@@ -156,7 +194,9 @@ def _define_train_flags(flag_values: flags.FlagValues) -> None:
 
 def train_main(argv: Sequence[str]) -> int:
     """train.py: trains the config's model in --workdir, resuming from its latest checkpoint."""
-    flag_values, config, workdir = parse_flags(argv, _define_train_flags)
+    flag_values, config, workdir = parse_flags(
+        argv, _define_train_flags, "Trains a config's model: train.py --config CONFIG [--workdir DIR] [--config.KEY=VALUE ...]"
+    )
     join_process_group(flag_values)
     if flag_values.dry_run:
         from fmjax.dry_run import format_plan, plan_run
@@ -192,10 +232,10 @@ def _define_evaluate_flags(flag_values: flags.FlagValues) -> None:
 
 def evaluate_main(argv: Sequence[str]) -> int:
     """scripts/evaluate.py: evaluates a checkpoint's params and writes workdir/eval_<step>.json."""
-    flag_values, config, workdir = parse_flags(argv, _define_evaluate_flags)
+    flag_values, config, workdir = parse_flags(
+        argv, _define_evaluate_flags, "Evaluates a run's checkpoint: evaluate.py --config CONFIG --workdir DIR [--step N]"
+    )
     join_process_group(flag_values)
-    import json
-
     import jax
 
     from fmjax.evaluation import evaluate_checkpoint
@@ -211,3 +251,63 @@ def evaluate_main(argv: Sequence[str]) -> int:
         f"loss {result['loss']:.4f}, step {result['step']} (written to {path})"
     )
     return EXIT_OK
+
+
+def predict_main(argv: Sequence[str]) -> int:
+    """scripts/predict.py: the top classes of image files (or folders of them) under a trained run."""
+    parser = OneLineArgumentParser(
+        description="Classifies image files with a trained run: predict.py --workdir DIR IMAGE [IMAGE ...]"
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="Image files, or folders walked for .jpg, .jpeg, .png, .gif and .bmp files.")
+    parser.add_argument("--workdir", required=True, help="The run's directory, as train.py wrote it.")
+    parser.add_argument("--step", type=int, help="The checkpoint's step (default: the latest).")
+    parser.add_argument("--top_k", type=int, default=3, help="Classes listed per image.")
+    parser.add_argument("--batch_size", type=int, default=64, help="Images per forward pass.")
+    parser.add_argument("--json", action="store_true", help='Print a JSON list of {"path", "predictions": [{"class", "probability"}]}.')
+    parser.add_argument("--verbose", action="store_true", help="Show tracebacks of errors.")
+    args = parser.parse_args(argv[1:])
+    from fmjax.predict import find_image_paths, format_predictions, load_predictor
+
+    paths = find_image_paths(args.images)
+    predictor = load_predictor(args.workdir, args.step, args.batch_size)
+    results = predictor.predict(paths, args.top_k)
+    print(json.dumps(results, indent=2) if args.json else format_predictions(results))
+    return EXIT_OK
+
+
+LEARNING_CURVES_FILE = "learning_curves.png"
+
+
+def plot_metrics_main(argv: Sequence[str]) -> int:
+    """scripts/plot_metrics.py: learning curves of one or more runs, overlaid, to a PNG."""
+    from fmjax.plots import DPI, plot_learning_curves
+
+    parser = OneLineArgumentParser(
+        description="Plots learning curves: plot_metrics.py RUN_DIR [RUN_DIR ...] [--out PATH]"
+    )
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="Run directories train.py wrote.")
+    parser.add_argument("--out", help=f"The PNG to write (default: RUN_DIR/{LEARNING_CURVES_FILE} of the first run).")
+    parser.add_argument("--dpi", type=int, default=DPI, help="Dots per inch of the PNG.")
+    parser.add_argument("--verbose", action="store_true", help="Show tracebacks of errors.")
+    args = parser.parse_args(argv[1:])
+    out_path = args.out or os.path.join(args.run_dirs[0], LEARNING_CURVES_FILE)
+    plot_learning_curves(args.run_dirs, out_path, dpi=args.dpi)
+    print(f"learning curves of {len(args.run_dirs)} run(s) written to {out_path}")
+    return EXIT_OK
+
+
+# Console scripts (pyproject.toml): fmjax-train, fmjax-evaluate, fmjax-predict, fmjax-plot.
+def train_command() -> None:
+    sys.exit(run(train_main))
+
+
+def evaluate_command() -> None:
+    sys.exit(run(evaluate_main))
+
+
+def predict_command() -> None:
+    sys.exit(run(predict_main))
+
+
+def plot_metrics_command() -> None:
+    sys.exit(run(plot_metrics_main))

@@ -9,33 +9,21 @@ number to --out. On 2 CPU cores it takes about 4 minutes. Exit statuses: 0
 done, 2 bad input.
 """
 
-import argparse
 import json
 import os
 import sys
 import tempfile
 
-# TensorFlow (tf.data) logs a screenful at import; the table matters more.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from fmjax import benchmark  # noqa: E402
-from fmjax.errors import UserError  # noqa: E402
-
-EXIT_USER_ERROR = 2
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):
-        # A bad flag is a user error: one line, status 2, as for every fmjax command.
-        raise UserError(f"{message}; run with --help for the flags")
+from fmjax import benchmark, cli
+from fmjax.errors import UserError
 
 
 def main(argv: list[str]) -> int:
-    parser = _OneLineParser(description=__doc__.splitlines()[0])
+    parser = cli.OneLineArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="JSON file for every number.")
     parser.add_argument("--markdown", help="Also write the table to this file.")
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64], help="Input sides, pixels.")
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=32, help="Examples per train step.")
     parser.add_argument("--repeats", type=int, default=5, help="Timed calls (epochs for pipelines).")
     parser.add_argument("--warmup", type=int, default=2, help="Untimed calls first.")
     parser.add_argument(
@@ -66,12 +54,8 @@ def main(argv: list[str]) -> int:
     if args.markdown:
         with open(args.markdown, "w") as out:
             out.write(report)
-    return 0
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv))
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+    sys.exit(cli.run(main))

@@ -1,6 +1,5 @@
 """The figures: learning curves of several runs, a confusion matrix, misclassified images."""
 
-import importlib.util
 import json
 import os
 
@@ -12,13 +11,6 @@ from fmjax import cli, plots
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DIGITS = [str(d) for d in range(10)]
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_run(run_dir, num_epochs, loss_scale):
@@ -108,8 +100,7 @@ def test_misclassified_grid_titles_each_image_and_stops_at_max_images(tmp_path):
 
 def test_plot_metrics_script_writes_into_the_first_run_by_default(tmp_path, capsys):
     runs = [write_run(tmp_path / "a", 2, 1.0), write_run(tmp_path / "b", 2, 2.0)]
-    script = load_script("plot_metrics")
-    assert cli.run(script.main, ["plot_metrics.py", *runs]) == 0
+    assert cli.run(cli.plot_metrics_main, ["plot_metrics.py", *runs]) == 0
     assert_png(os.path.join(runs[0], "learning_curves.png"))
     assert "learning_curves.png" in capsys.readouterr().out
 
@@ -121,7 +112,6 @@ def test_plot_metrics_script_bad_run_is_one_line_and_exit_2(tmp_path, capsys, ma
         bad.mkdir()
     if make_bad_run == "bad_line":
         (bad / "metrics.jsonl").write_text('{"epoch": 1}\n')
-    script = load_script("plot_metrics")
-    assert cli.run(script.main, ["plot_metrics.py", str(bad)]) == cli.EXIT_USER_ERROR
+    assert cli.run(cli.plot_metrics_main, ["plot_metrics.py", str(bad)]) == cli.EXIT_USER_ERROR
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and str(bad) in err[0]

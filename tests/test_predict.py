@@ -1,6 +1,5 @@
 """Prediction from a trained run: the training preprocessing, consistent probabilities, user errors."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -25,15 +24,8 @@ NUM_IMAGES = 12
 DIGITS = [str(d) for d in range(10)]
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_predict(argv):
-    return cli.run(load_script("predict").main, ["predict.py", *argv])
+    return cli.run(cli.predict_main, ["predict.py", *argv])
 
 
 @pytest.fixture(scope="module")
