@@ -275,24 +275,34 @@ def restore_params(workdir: str, step: Optional[int] = None) -> Any:
 
 def restore_params_at(workdir: str, step: Optional[int] = None) -> tuple[int, Any]:
     """Like restore_params, and also the step it read: (step, params)."""
+    step, variables = restore_variables_at(workdir, step)
+    return step, variables["params"]
+
+
+def restore_variables_at(workdir: str, step: Optional[int] = None) -> tuple[int, dict]:
+    """The model's variables at `step` (the latest when None), without the optimizer state.
+
+    Returns:
+      (step, variables): {"params": ...} and, for a model with batch
+      statistics, "batch_stats"; numpy arrays, ready for the model's `apply`.
+    """
     manager, step = _existing_manager(workdir, step)
 
     def restore():
-        saved_params = manager.item_metadata(step)["state"]["params"]
+        saved = manager.item_metadata(step)["state"]
+        item = {name: saved[name] for name in ("params", "batch_stats") if saved.get(name)}
         return manager.restore(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.PyTreeRestore(
-                    item={"params": saved_params},
-                    restore_args={
-                        "params": jax.tree.map(
-                            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved_params
-                        )
-                    },
+                    item=item,
+                    restore_args=jax.tree.map(
+                        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item
+                    ),
                     partial_restore=True,
                 )
             ),
-        ).state["params"]
+        ).state
 
     return step, _restore_or_name_damage(manager, step, restore)
 

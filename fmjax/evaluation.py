@@ -44,9 +44,10 @@ def evaluate(
 def evaluate_checkpoint(
     config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None
 ) -> dict[str, Any]:
-    """Evaluates the params of `workdir`'s checkpoint at `step` (the latest when None).
+    """Evaluates the model of `workdir`'s checkpoint at `step` (the latest when None).
 
-    Reads only the params from the checkpoint, not the optimizer state.
+    Reads only the params (and batch statistics) from the checkpoint, not the
+    optimizer state.
 
     Returns:
       {"step", "accuracy", "loss", "num_examples", "per_class_accuracy" (a
@@ -61,18 +62,18 @@ def evaluate_checkpoint(
         shard_params_min_size=config.shard_params_min_size,
     )
     check_batch_size(config.batch_size, parallel.num_devices)
-    step, params = ckpt.restore_params_at(workdir, step)
+    step, variables = ckpt.restore_variables_at(workdir, step)
     model = create_model(config.model, dataset.num_classes)
     expected = jax.eval_shape(
         model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, *dataset.image_shape), np.float32)
     )["params"]
-    ckpt.check_params_match(params, expected, f"the checkpoint at step {step} in {workdir}")
+    ckpt.check_params_match(variables["params"], expected, f"the checkpoint at step {step} in {workdir}")
     state = TrainState(
         step=np.int32(step),
-        params=params,
+        params=variables["params"],
         opt_state=(),
         rng=jax.random.key(0),
-        batch_stats={},
+        batch_stats=variables.get("batch_stats", {}),
         apply_fn=model.apply,
         tx=optax.identity(),
     )

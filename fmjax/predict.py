@@ -131,8 +131,8 @@ class Predictor:
     """A trained model ready to classify image files.
 
     Attributes:
-      params: the model's params, on the default device.
-      logits_fn: jitted (params, images [B, H, W, 3]) -> logits [B, num_classes].
+      variables: the model's params (and batch statistics), on the default device.
+      logits_fn: jitted (variables, images [B, H, W, 3]) -> logits [B, num_classes].
       class_names: one name per class, in label order.
       image_size: images are resized to image_size x image_size pixels.
       pixel_mean, pixel_std: per-channel normalisation after scaling to
@@ -141,7 +141,7 @@ class Predictor:
       batch_size: images per forward pass.
     """
 
-    params: Any
+    variables: Any
     logits_fn: Callable[[Any, jax.Array], jax.Array]
     class_names: list[str]
     image_size: int
@@ -174,7 +174,7 @@ class Predictor:
         """float32 [len(paths), num_classes]: each image's class probabilities."""
         rows = []
         for batch in self.preprocessed_batches(paths):
-            logits = self.logits_fn(self.params, batch["image"])
+            logits = self.logits_fn(self.variables, batch["image"])
             probabilities = np.asarray(jax.nn.softmax(logits, axis=-1))
             rows.append(probabilities[batch["mask"] > 0])
         return np.concatenate(rows)
@@ -225,18 +225,18 @@ def load_predictor(workdir: str, step: Optional[int] = None, batch_size: int = 6
         raise UserError(f"batch size {batch_size} must be at least 1")
     config = read_run_config(workdir)
     step, meta = ckpt.read_meta(workdir, step)
-    step, params = ckpt.restore_params_at(workdir, step)
+    step, variables = ckpt.restore_variables_at(workdir, step)
     class_names = list(meta["class_names"])
     image_size = int(meta["image_size"])
     model = create_model(config.model, len(class_names))
     expected = jax.eval_shape(
         model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, image_size, image_size, 3), np.float32)
     )["params"]
-    ckpt.check_params_match(params, expected, f"the checkpoint at step {step} in {workdir}")
+    ckpt.check_params_match(variables["params"], expected, f"the checkpoint at step {step} in {workdir}")
     normalize = config.data.normalize
     return Predictor(
-        params=jax.device_put(params),
-        logits_fn=jax.jit(lambda params, images: model.apply({"params": params}, images)),
+        variables=jax.device_put(variables),
+        logits_fn=jax.jit(model.apply),
         class_names=class_names,
         image_size=image_size,
         pixel_mean=tuple(map(float, config.data.mean)) if normalize else None,

@@ -8,6 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from fmjax.config import base_config
+from fmjax.evaluation import evaluate_checkpoint
 from fmjax.trainer import train_and_evaluate
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
@@ -66,6 +67,10 @@ def test_tfds_configs_train_on_mock_data(name, tmp_path):
     config.num_epochs = 1
     with tfds.testing.mock_data(num_examples=40):
         record = train_and_evaluate(config, str(tmp_path))
+        evaluated = evaluate_checkpoint(config, str(tmp_path))
+    # The saved params (and the ResNet's batch statistics) give the same accuracy.
+    assert evaluated["accuracy"] == record["test_accuracy"]
+    assert evaluated["num_examples"] == 40
     assert record["step"] == 40 // 16
     assert 0.0 <= record["test_accuracy"] <= 1.0
     assert os.path.isdir(tmp_path / "checkpoints" / "2")

@@ -104,8 +104,8 @@ def test_resize_and_normalisation_follow_the_run(tmp_path):
     path = tmp_path / "grey.png"
     Image.fromarray(np.full((20, 30, 3), 153, np.uint8)).save(path)  # 153 / 255 = 0.6
     predictor = predict.Predictor(
-        params={},
-        logits_fn=lambda params, images: images.reshape(len(images), -1)[:, :2],
+        variables={},
+        logits_fn=lambda variables, images: images.reshape(len(images), -1)[:, :2],
         class_names=["a", "b"],
         image_size=4,
         pixel_mean=(0.5, 0.4, 0.2),
