@@ -240,7 +240,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
 
     from fmjax.evaluation import evaluate_checkpoint
 
-    result = evaluate_checkpoint(config, workdir, flag_values.step)
+    result = evaluate_checkpoint(config, workdir, flag_values.step, figures_dir=workdir)
     if jax.process_index() != 0:  # every process evaluates its share; process 0 reports
         return EXIT_OK
     path = os.path.join(workdir, f"eval_{result['step']}.json")
@@ -248,7 +248,8 @@ def evaluate_main(argv: Sequence[str]) -> int:
         json.dump(result, f, indent=2)
     print(
         f"test accuracy: {result['accuracy']:.2%} over {result['num_examples']} examples, "
-        f"loss {result['loss']:.4f}, step {result['step']} (written to {path})"
+        f"loss {result['loss']:.4f}, step {result['step']} "
+        f"(written to {path}, {', '.join(result['figures'])})"
     )
     return EXIT_OK
 

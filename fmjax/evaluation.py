@@ -1,6 +1,7 @@
 """Exact evaluation over a test split, and of a saved checkpoint."""
 
-from typing import Any, Optional
+import os
+from typing import Any, Callable, Optional
 
 import jax
 import ml_collections
@@ -41,18 +42,61 @@ def evaluate(
     }
 
 
+def most_confident_mistakes(
+    logits_fn: Callable[[Any], Any], dataset: Dataset, batch_size: int, count: int
+) -> dict[str, np.ndarray]:
+    """The `count` misclassified test images the model was surest of, surest first.
+
+    Args:
+      logits_fn: images [B, H, W, 3] -> logits [B, num_classes], on one device.
+      dataset: whose whole test split this process reads.
+      batch_size: test images per call.
+      count: how many to keep.
+
+    Returns:
+      {"images" [n, H, W, 3], "true_labels" [n], "predicted_labels" [n],
+      "probabilities" [n] (the softmax of the predicted class)}, n <= count.
+    """
+    kept = {"images": [], "true_labels": [], "predicted_labels": [], "probabilities": []}
+    for batch in dataset.test_batches(batch_size):
+        probabilities = np.asarray(jax.nn.softmax(logits_fn(batch["image"]).astype(np.float32)))
+        predicted = probabilities.argmax(axis=1)
+        wrong = (predicted != batch["label"]) & (batch["mask"] > 0)
+        kept["images"].append(batch["image"][wrong])
+        kept["true_labels"].append(batch["label"][wrong])
+        kept["predicted_labels"].append(predicted[wrong])
+        kept["probabilities"].append(probabilities.max(axis=1)[wrong])
+        merged = {k: np.concatenate(v) for k, v in kept.items()}
+        surest = np.argsort(-merged["probabilities"], kind="stable")[:count]
+        kept = {k: [v[surest]] for k, v in merged.items()}
+    return {k: v[0] for k, v in kept.items()}
+
+
 def evaluate_checkpoint(
-    config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    step: Optional[int] = None,
+    figures_dir: Optional[str] = None,
+    num_mistakes: int = 16,
 ) -> dict[str, Any]:
     """Evaluates the model of `workdir`'s checkpoint at `step` (the latest when None).
 
     Reads only the params (and batch statistics) from the checkpoint, not the
     optimizer state.
 
+    Args:
+      config: the run's config.
+      workdir: the run's directory.
+      step: the checkpoint's step; the latest when None.
+      figures_dir: where process 0 writes confusion_<step>.png and
+        mistakes_<step>.png (the `num_mistakes` misclassified test images the
+        model was surest of); None writes no figure.
+      num_mistakes: images in mistakes_<step>.png.
+
     Returns:
       {"step", "accuracy", "loss", "num_examples", "per_class_accuracy" (a
       list, NaN for a class with no test example), "confusion_matrix" (a list
-      of lists, rows are true labels)}.
+      of lists, rows are true labels), "figures" (the PNGs written)}.
     """
     dataset = load_dataset(config)
     parallel = make_data_parallel(
@@ -81,6 +125,23 @@ def evaluate_checkpoint(
     confusion = result["confusion_matrix"]
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.diag(confusion) / confusion.sum(axis=1)
+    figures = []
+    if figures_dir is not None and jax.process_index() == 0:
+        from fmjax import plots
+
+        figures = [
+            os.path.join(figures_dir, f"confusion_{step}.png"),
+            os.path.join(figures_dir, f"mistakes_{step}.png"),
+        ]
+        plots.plot_confusion_matrix(confusion, dataset.class_names, figures[0])
+        variables = jax.device_put(variables)
+        mistakes = most_confident_mistakes(
+            lambda images: model.apply(variables, images), dataset, config.batch_size, num_mistakes
+        )
+        plots.plot_misclassified(
+            mistakes["images"], mistakes["true_labels"], mistakes["predicted_labels"],
+            mistakes["probabilities"], dataset.class_names, figures[1], max_images=num_mistakes,
+        )
     return {
         "step": step,
         "accuracy": result["accuracy"],
@@ -88,4 +149,5 @@ def evaluate_checkpoint(
         "num_examples": result["num_examples"],
         "per_class_accuracy": [float(a) for a in per_class],
         "confusion_matrix": confusion.tolist(),
+        "figures": figures,
     }

@@ -71,6 +71,40 @@ def test_evaluate_reproduces_the_training_accuracy(trained_run, capsys):
     assert np.trace(confusion) / 450 == pytest.approx(result["accuracy"])
     assert len(result["per_class_accuracy"]) == 10
     assert f"test accuracy: {result['accuracy']:.2%} over 450 examples" in capsys.readouterr().out
+    for name in ("confusion_42.png", "mistakes_42.png"):
+        with open(os.path.join(trained_run, name), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert result["figures"] == [os.path.join(trained_run, n) for n in ("confusion_42.png", "mistakes_42.png")]
+
+
+def test_most_confident_mistakes_are_wrong_and_sorted(trained_run):
+    import jax
+
+    import fmjax
+    from fmjax.config import base_config
+    from fmjax.data import load_dataset
+    from fmjax.evaluation import most_confident_mistakes
+    from fmjax.models import SeedCNN
+
+    config = base_config()
+    config.image_size = 8
+    dataset = load_dataset(config)
+    params = fmjax.restore_params(trained_run)
+    model = SeedCNN(10, hidden=64)
+    mistakes = most_confident_mistakes(
+        lambda images: model.apply({"params": params}, images), dataset, 64, count=5
+    )
+    logits = np.concatenate(
+        [model.apply({"params": params}, b["image"])[b["mask"] > 0] for b in dataset.test_batches(64)]
+    )
+    labels = np.concatenate([b["label"][b["mask"] > 0] for b in dataset.test_batches(64)])
+    wrong = logits.argmax(axis=1) != labels
+    confidence = np.asarray(jax.nn.softmax(logits)).max(axis=1)
+    expected = np.sort(confidence[wrong])[::-1][:5]
+    assert len(mistakes["probabilities"]) == min(5, int(wrong.sum()))
+    np.testing.assert_allclose(mistakes["probabilities"], expected, rtol=1e-5)
+    assert np.all(mistakes["true_labels"] != mistakes["predicted_labels"])
+    assert mistakes["images"].shape == (len(expected), 8, 8, 3)
 
 
 def test_evaluate_an_earlier_step(trained_run):
