@@ -31,10 +31,11 @@ from fmjax.data import Dataset, load_dataset
 from fmjax.evaluation import evaluate
 from fmjax.losses import get_loss
 from fmjax.models import create_model
-from fmjax.optim import create_optimizer
+from fmjax.optim import create_learning_rate_schedule, create_optimizer
 from fmjax.parallel import abstract_state, check_batch_size, make_data_parallel
 from fmjax.preemption import Preempted, watch_for_sigterm
 from fmjax.state import create_train_state
+from fmjax.tensorboard import EpochSummaries
 from fmjax.workdir_lock import hold_workdir
 
 METRICS_FILE = "metrics.jsonl"
@@ -214,6 +215,10 @@ def train_and_evaluate(
         if is_logging_process():
             with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
                 f.write(config.to_json_best_effort(indent=2))
+            summaries = EpochSummaries(workdir)
+            on_exit.callback(summaries.close)
+        # The rate the last step of an epoch used, for the logs.
+        learning_rate = create_learning_rate_schedule(config, steps_per_epoch)
         keep_metrics_through(workdir, start_epoch)
 
         def save(epoch: int, next_batch: int, sums: TrainSums) -> None:
@@ -295,6 +300,17 @@ def train_and_evaluate(
             if is_logging_process():
                 with open(os.path.join(workdir, METRICS_FILE), "a") as f:
                     f.write(json.dumps(record) + "\n")
+                summaries.write(
+                    step,
+                    {
+                        "train/loss": record["train_loss"],
+                        "train/accuracy": record["train_accuracy"],
+                        "test/loss": record["test_loss"],
+                        "test/accuracy": record["test_accuracy"],
+                        "learning_rate": float(learning_rate(step - 1)),
+                        "images_per_second": record["images_per_second"],
+                    },
+                )
             # Saved after the log line, so a checkpoint at an epoch's start
             # means that epoch's line is written. A run resumed from a stop at
             # the last step holds this step already.

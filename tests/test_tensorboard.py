@@ -1,0 +1,44 @@
+"""Training writes TensorBoard events that agree with metrics.jsonl."""
+
+import glob
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from fmjax.config import base_config
+from fmjax.tensorboard import EVENTS_SUBDIR
+from fmjax.trainer import train_and_evaluate
+
+
+def read_scalars(workdir):
+    scalars = {}
+    for path in glob.glob(os.path.join(workdir, EVENTS_SUBDIR, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append(
+                    (event.step, float(tf.make_ndarray(value.tensor)))
+                )
+    return scalars
+
+
+def test_events_hold_every_epoch_and_the_schedule(tmp_path):
+    config = base_config()
+    config.image_size = 8
+    config.model.hidden = 32
+    config.num_epochs = 2
+    config.schedule.name = "step"
+    config.schedule.decay_epochs = (1,)
+    train_and_evaluate(config, str(tmp_path))
+    scalars = read_scalars(str(tmp_path))
+    assert set(scalars) == {
+        "train/loss", "train/accuracy", "test/loss", "test/accuracy", "learning_rate", "images_per_second",
+    }
+    with open(tmp_path / "metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    assert [step for step, _ in scalars["test/accuracy"]] == [r["step"] for r in records] == [21, 42]
+    np.testing.assert_allclose([v for _, v in scalars["test/accuracy"]], [r["test_accuracy"] for r in records], rtol=1e-6)
+    np.testing.assert_allclose([v for _, v in scalars["train/loss"]], [r["train_loss"] for r in records], rtol=1e-6)
+    # Epoch 1's last step ran at 1e-3; from epoch 2 on the rate is a tenth.
+    np.testing.assert_allclose([v for _, v in scalars["learning_rate"]], [1e-3, 1e-4], rtol=1e-6)
