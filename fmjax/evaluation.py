@@ -10,9 +10,8 @@ import optax
 
 from fmjax import checkpoint as ckpt
 from fmjax.data import Dataset, load_dataset
-from fmjax.losses import get_loss
 from fmjax.models import create_model
-from fmjax.parallel import DataParallel, check_batch_size, make_data_parallel
+from fmjax.parallel import DataParallel, parallel_from_config
 from fmjax.state import TrainState
 
 
@@ -99,13 +98,7 @@ def evaluate_checkpoint(
       of lists, rows are true labels), "figures" (the PNGs written)}.
     """
     dataset = load_dataset(config)
-    parallel = make_data_parallel(
-        config.parallel,
-        get_loss(config.loss),
-        shard_params=config.shard_params,
-        shard_params_min_size=config.shard_params_min_size,
-    )
-    check_batch_size(config.batch_size, parallel.num_devices)
+    parallel = parallel_from_config(config)
     step, variables = ckpt.restore_variables_at(workdir, step)
     model = create_model(config.model, dataset.num_classes)
     expected = jax.eval_shape(

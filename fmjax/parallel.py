@@ -24,15 +24,17 @@ device, or FSDP-sharded.
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fmjax import steps
 from fmjax.errors import UserError
+from fmjax.losses import get_loss
 from fmjax.state import TrainState
 
 PARALLEL_MODES = ("pmap", "jit")
@@ -83,6 +85,7 @@ def make_data_parallel(
     mode: str,
     loss_fn: steps.LossFn,
     *,
+    eval_loss_fn: Optional[steps.LossFn] = None,
     shard_params: bool = False,
     shard_params_min_size: int = 0,
 ) -> DataParallel:
@@ -90,7 +93,8 @@ def make_data_parallel(
 
     Args:
       mode: config.parallel.
-      loss_fn: (logits, labels, mask) -> scalar mean loss.
+      loss_fn: (logits, labels, mask) -> scalar mean loss, for training.
+      eval_loss_fn: the loss evaluation reports; `loss_fn` when None.
       shard_params: config.shard_params; "jit" only: shard the params and
         optimizer state over the devices (FSDP) instead of replicating them.
       shard_params_min_size: config.shard_params_min_size; arrays with fewer
@@ -102,10 +106,27 @@ def make_data_parallel(
                 "config.shard_params needs config.parallel='jit' (pmap keeps a whole copy "
                 "on every device); set --config.parallel=jit or --config.shard_params=False"
             )
-        return _pmap_parallel(loss_fn)
+        return _pmap_parallel(loss_fn, eval_loss_fn or loss_fn)
     if mode == "jit":
-        return _jit_parallel(loss_fn, shard_params, shard_params_min_size)
+        return _jit_parallel(loss_fn, eval_loss_fn or loss_fn, shard_params, shard_params_min_size)
     raise UserError(f"config.parallel is {mode!r}; use one of {', '.join(PARALLEL_MODES)}")
+
+
+def parallel_from_config(config: ml_collections.ConfigDict) -> DataParallel:
+    """The DataParallel that `config` asks for, its global batch checked against the devices.
+
+    Training uses `config.loss` with `config.label_smoothing`; evaluation
+    reports the plain loss, comparable across runs.
+    """
+    parallel = make_data_parallel(
+        config.parallel,
+        get_loss(config.loss, config.label_smoothing),
+        eval_loss_fn=get_loss(config.loss),
+        shard_params=config.shard_params,
+        shard_params_min_size=config.shard_params_min_size,
+    )
+    check_batch_size(config.batch_size, parallel.num_devices)
+    return parallel
 
 
 def global_mesh() -> Mesh:
@@ -133,7 +154,7 @@ def fsdp_partition_spec(
     return PartitionSpec(*(DATA_AXIS if axis == divisible[-1] else None for axis in range(len(shape))))
 
 
-def _pmap_parallel(loss_fn: steps.LossFn) -> DataParallel:
+def _pmap_parallel(loss_fn: steps.LossFn, eval_loss_fn: steps.LossFn) -> DataParallel:
     num_local = jax.local_device_count()
     mesh = global_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -144,7 +165,7 @@ def _pmap_parallel(loss_fn: steps.LossFn) -> DataParallel:
     )
 
     def summed_eval(state, batch):
-        return jax.lax.psum(steps.eval_step(state, batch, loss_fn=loss_fn), DATA_AXIS)
+        return jax.lax.psum(steps.eval_step(state, batch, loss_fn=eval_loss_fn), DATA_AXIS)
 
     evaluate = jax.pmap(summed_eval, axis_name=DATA_AXIS)
     local_mesh = Mesh(np.asarray(jax.local_devices()), (DATA_AXIS,))
@@ -226,7 +247,9 @@ def _put_leaf(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
     return jax.make_array_from_process_local_data(sharding, x, np.shape(x))
 
 
-def _jit_parallel(loss_fn: steps.LossFn, shard_params: bool, min_size: int) -> DataParallel:
+def _jit_parallel(
+    loss_fn: steps.LossFn, eval_loss_fn: steps.LossFn, shard_params: bool, min_size: int
+) -> DataParallel:
     mesh = global_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
     batch_sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
@@ -252,7 +275,7 @@ def _jit_parallel(loss_fn: steps.LossFn, shard_params: bool, min_size: int) -> D
 
     def sharded_eval_step(state, batch):
         batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-        sums = steps.eval_step(laid_out(state), batch, loss_fn=loss_fn)
+        sums = steps.eval_step(laid_out(state), batch, loss_fn=eval_loss_fn)
         return jax.lax.with_sharding_constraint(sums, replicated)
 
     train = jax.jit(sharded_train_step, donate_argnums=(0,))

@@ -29,10 +29,9 @@ import tqdm
 from fmjax import checkpoint as ckpt
 from fmjax.data import Dataset, load_dataset
 from fmjax.evaluation import evaluate
-from fmjax.losses import get_loss
 from fmjax.models import create_model
 from fmjax.optim import create_learning_rate_schedule, create_optimizer
-from fmjax.parallel import abstract_state, check_batch_size, make_data_parallel
+from fmjax.parallel import abstract_state, parallel_from_config
 from fmjax.preemption import Preempted, watch_for_sigterm
 from fmjax.state import create_train_state
 from fmjax.tensorboard import EpochSummaries
@@ -175,13 +174,7 @@ def train_and_evaluate(
     """
     # ---- Data and devices.
     dataset = load_dataset(config, report=log)
-    parallel = make_data_parallel(
-        config.parallel,
-        get_loss(config.loss),
-        shard_params=config.shard_params,
-        shard_params_min_size=config.shard_params_min_size,
-    )
-    check_batch_size(config.batch_size, parallel.num_devices)
+    parallel = parallel_from_config(config)
     steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
 
     with contextlib.ExitStack() as on_exit:

@@ -86,3 +86,24 @@ def test_a_batch_that_does_not_divide_by_the_devices_is_a_user_error():
 def test_an_unknown_parallel_mode_is_a_user_error():
     with pytest.raises(UserError, match="config.parallel is 'auto'"):
         make_data_parallel("auto", cross_entropy)
+
+
+def test_label_smoothing_trains_but_evaluation_reports_the_plain_loss():
+    from fmjax.config import base_config
+    from fmjax.parallel import parallel_from_config
+
+    config = base_config()
+    config.batch_size = GLOBAL_BATCH
+    config.label_smoothing = 0.2
+    parallel = parallel_from_config(config)
+    state = initial_state()
+    batch = global_batches()[0]
+    logits = state.apply_fn({"params": state.params}, batch["image"])
+    _, metrics = parallel.train_step(parallel.put_state(state), parallel.put_batch(batch))
+    np.testing.assert_allclose(
+        float(metrics["loss"]), float(cross_entropy(logits, batch["label"], label_smoothing=0.2)), rtol=1e-5
+    )
+    sums = parallel.eval_step(parallel.put_state(state), parallel.put_batch({**batch, "mask": np.ones(GLOBAL_BATCH, np.float32)}))
+    np.testing.assert_allclose(
+        float(sums["loss_sum"]) / GLOBAL_BATCH, float(cross_entropy(logits, batch["label"])), rtol=1e-5
+    )
