@@ -76,7 +76,7 @@ def test_gradient_clipping_caps_the_global_norm():
     grads = {"a": jnp.array([3.0, 0.0]), "b": jnp.array([4.0])}  # global norm 5
     tx = create_optimizer(config(**{"optimizer.name": "sgd", "learning_rate": 1.0, "grad_clip_norm": 1.0}))
     updates = one_update(tx, grads, params)
-    norm = optax.global_norm(updates)
+    norm = optax.tree.norm(updates)
     np.testing.assert_allclose(float(norm), 1.0, rtol=1e-6)
     chex.assert_trees_all_close(updates, jax.tree.map(lambda g: -g / 5.0, grads))
 
