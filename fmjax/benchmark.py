@@ -298,7 +298,10 @@ def fmjax_step_cost(image_size: int, batch_size: int, hidden: int, num_classes: 
     """XLA's cost analysis of fmjax's train step on one device, as the jit form compiles it."""
     state = _seed_state(image_size, hidden, num_classes)
     batch = _random_batch(batch_size, image_size, num_classes)
-    step = jax.jit(functools.partial(steps.train_step, loss_fn=cross_entropy), donate_argnums=0)
+    step = jax.jit(
+        functools.partial(steps.train_step, loss_fn=cross_entropy, check_finite=False),
+        donate_argnums=0,
+    )
     return xla_cost(step.lower(state, batch).compile())
 
 
@@ -318,7 +321,8 @@ def fmjax_step(
       (call, info): call runs one step on a fixed batch and waits for it (the
       first call compiles); info is {"framework", "variant", "devices"}.
     """
-    parallel = make_data_parallel(mode, cross_entropy)
+    # Like the seed's step, without fmjax's NaN/Inf guard (config.halt_on_nonfinite).
+    parallel = make_data_parallel(mode, cross_entropy, check_finite=False)
     if batch_size % parallel.num_devices:
         raise UserError(
             f"batch size {batch_size} does not divide by the {parallel.num_devices} "

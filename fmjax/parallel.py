@@ -86,6 +86,7 @@ def make_data_parallel(
     loss_fn: steps.LossFn,
     *,
     eval_loss_fn: Optional[steps.LossFn] = None,
+    check_finite: bool = True,
     shard_params: bool = False,
     shard_params_min_size: int = 0,
 ) -> DataParallel:
@@ -95,6 +96,8 @@ def make_data_parallel(
       mode: config.parallel.
       loss_fn: (logits, labels, mask) -> scalar mean loss, for training.
       eval_loss_fn: the loss evaluation reports; `loss_fn` when None.
+      check_finite: whether train steps report the "finite" flag (see
+        fmjax.steps.train_step).
       shard_params: config.shard_params; "jit" only: shard the params and
         optimizer state over the devices (FSDP) instead of replicating them.
       shard_params_min_size: config.shard_params_min_size; arrays with fewer
@@ -106,9 +109,11 @@ def make_data_parallel(
                 "config.shard_params needs config.parallel='jit' (pmap keeps a whole copy "
                 "on every device); set --config.parallel=jit or --config.shard_params=False"
             )
-        return _pmap_parallel(loss_fn, eval_loss_fn or loss_fn)
+        return _pmap_parallel(loss_fn, eval_loss_fn or loss_fn, check_finite)
     if mode == "jit":
-        return _jit_parallel(loss_fn, eval_loss_fn or loss_fn, shard_params, shard_params_min_size)
+        return _jit_parallel(
+            loss_fn, eval_loss_fn or loss_fn, check_finite, shard_params, shard_params_min_size
+        )
     raise UserError(f"config.parallel is {mode!r}; use one of {', '.join(PARALLEL_MODES)}")
 
 
@@ -122,6 +127,7 @@ def parallel_from_config(config: ml_collections.ConfigDict) -> DataParallel:
         config.parallel,
         get_loss(config.loss, config.label_smoothing),
         eval_loss_fn=get_loss(config.loss),
+        check_finite=config.halt_on_nonfinite,
         shard_params=config.shard_params,
         shard_params_min_size=config.shard_params_min_size,
     )
@@ -154,12 +160,16 @@ def fsdp_partition_spec(
     return PartitionSpec(*(DATA_AXIS if axis == divisible[-1] else None for axis in range(len(shape))))
 
 
-def _pmap_parallel(loss_fn: steps.LossFn, eval_loss_fn: steps.LossFn) -> DataParallel:
+def _pmap_parallel(
+    loss_fn: steps.LossFn, eval_loss_fn: steps.LossFn, check_finite: bool
+) -> DataParallel:
     num_local = jax.local_device_count()
     mesh = global_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
     train = jax.pmap(
-        functools.partial(steps.train_step, loss_fn=loss_fn, axis_name=DATA_AXIS),
+        functools.partial(
+            steps.train_step, loss_fn=loss_fn, axis_name=DATA_AXIS, check_finite=check_finite
+        ),
         axis_name=DATA_AXIS,
         donate_argnums=(0,),
     )
@@ -248,7 +258,11 @@ def _put_leaf(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
 
 
 def _jit_parallel(
-    loss_fn: steps.LossFn, eval_loss_fn: steps.LossFn, shard_params: bool, min_size: int
+    loss_fn: steps.LossFn,
+    eval_loss_fn: steps.LossFn,
+    check_finite: bool,
+    shard_params: bool,
+    min_size: int,
 ) -> DataParallel:
     mesh = global_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -270,7 +284,9 @@ def _jit_parallel(
 
     def sharded_train_step(state, batch):
         batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-        state, metrics = steps.train_step(laid_out(state), batch, loss_fn=loss_fn)
+        state, metrics = steps.train_step(
+            laid_out(state), batch, loss_fn=loss_fn, check_finite=check_finite
+        )
         return laid_out(state), jax.lax.with_sharding_constraint(metrics, replicated)
 
     def sharded_eval_step(state, batch):

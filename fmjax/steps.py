@@ -39,6 +39,7 @@ def train_step(
     *,
     loss_fn: LossFn = cross_entropy,
     axis_name: Optional[str] = None,
+    check_finite: bool = True,
 ) -> tuple[TrainState, dict[str, jnp.ndarray]]:
     """One forward and backward pass and one optimizer update.
 
@@ -49,11 +50,15 @@ def train_step(
       axis_name: when the step runs under pmap (or shard_map), the mapped
         axis; gradients, batch statistics and metrics are averaged over it,
         so every device applies the same update.
+      check_finite: whether to add the "finite" flag; it reads the gradients,
+        params and optimizer state once more, which on a memory-bound CPU step
+        costs about a quarter of the step's time.
 
     Returns:
       The new state and {"loss", "accuracy"}, means over the (unmasked) batch,
-      and "finite": whether the loss, the gradients and the new params,
-      optimizer state and batch statistics are free of NaN and Inf.
+      and, with check_finite, "finite": whether the loss, the gradients and
+      the new params, optimizer state and batch statistics are free of NaN
+      and Inf.
     """
     mask = batch.get("mask")
 
@@ -78,9 +83,10 @@ def train_step(
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats
     )
-    # One flag per step lets the loop find the first non-finite step without
-    # a host sync at every step.
-    metrics["finite"] = all_finite((metrics["loss"], grads, params, opt_state, batch_stats))
+    if check_finite:
+        # One flag per step lets the loop find the first non-finite step
+        # without a host sync at every step.
+        metrics["finite"] = all_finite((metrics["loss"], grads, params, opt_state, batch_stats))
     return new_state, metrics
 
 

@@ -105,7 +105,7 @@ def first_nonfinite_step(step_metrics: list[dict], first_step: int) -> Optional[
       first_step: the step number (updates applied) after step_metrics[0].
     """
     for offset, metrics in enumerate(step_metrics):
-        if not metrics["finite"]:
+        if not metrics.get("finite", True):  # absent: the run does not check
             return first_step + offset
     return None
 

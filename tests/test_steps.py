@@ -169,3 +169,15 @@ def test_mlp_trains_with_the_same_step():
         state, metrics = step(state, batch)
         first = first if first is not None else float(metrics["loss"])
     assert float(metrics["loss"]) < first
+
+
+def test_the_finite_flag_is_false_after_an_overflow_and_optional():
+    state = make_state(tx=optax.sgd(1e38))
+    batch = make_batch()
+    state, metrics = jax.jit(fmjax.train_step)(state, batch)
+    state, metrics = jax.jit(fmjax.train_step)(state, batch)
+    assert not bool(metrics["finite"])
+    _, unchecked = jax.jit(functools.partial(fmjax.train_step, check_finite=False))(make_state(), batch)
+    assert set(unchecked) == {"loss", "accuracy"}
+    _, checked = jax.jit(fmjax.train_step)(make_state(), batch)
+    assert bool(checked["finite"])
