@@ -96,9 +96,16 @@ def test_saved_on_eight_devices_restores_on_one(tmp_path):
         np.testing.assert_array_equal(restored[key], expected[key])
 
 
+@pytest.fixture(scope="module")
+def saved_on_one_device(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("one_device")
+    return workdir, run_child_on_one_device("train", workdir, workdir / "saved.npz")
+
+
 @pytest.mark.parametrize("mode", ["jit", "pmap"])
-def test_saved_on_one_device_restores_on_eight(tmp_path, mode):
-    saved = run_child_on_one_device("train", tmp_path, tmp_path / "saved.npz")
+def test_saved_on_one_device_restores_on_eight(saved_on_one_device, mode):
+    tmp_path, saved = saved_on_one_device
+    saved = dict(saved)
     parallel = make_data_parallel(mode, cross_entropy)
     manager = ckpt.checkpoint_manager(str(tmp_path))
     state, meta = ckpt.restore_checkpoint(manager, 2, abstract_state(state_fn, parallel.state_sharding))

@@ -20,6 +20,7 @@ def test_composing_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
     config = base_config()  # the default config's model and image size
     config.num_epochs = 1
     config.parallel = "jit"  # the faster of the two on 8 CPU devices sharing 2 cores
+    config.data.test_fraction = 0.9  # a short epoch: the snippet needs a run, not a good one
     train_and_evaluate(config, str(tmp_path / "runs" / "default"))
     monkeypatch.chdir(tmp_path)
     namespace = {}
