@@ -15,11 +15,10 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 from fmjax import checkpoint as ckpt
-from fmjax.data.image_folder import IMAGE_EXTENSIONS
-from fmjax.data.pipeline import Dataset, Split, uint8_to_unit_range
+from fmjax.data.image_folder import IMAGE_EXTENSIONS, image_files_split
+from fmjax.data.pipeline import Dataset
 from fmjax.errors import UserError
 from fmjax.models import create_model
 from fmjax.trainer import CONFIG_FILE
@@ -91,38 +90,6 @@ def format_predictions(results: Sequence[dict[str, Any]]) -> str:
         f"{result['path']}: "
         + ", ".join(f"{p['class']} {p['probability']:.1%}" for p in result["predictions"])
         for result in results
-    )
-
-
-def _decode_file(path: tf.Tensor) -> tf.Tensor:
-    # As the image_folder source decodes: RGB whatever the file holds, a GIF's first frame.
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    return uint8_to_unit_range(tf.ensure_shape(image, [None, None, 3]))
-
-
-def image_files_split(paths: Sequence[str]) -> Split:
-    """A split that reads the image files `paths` by index (labels all 0, unused).
-
-    A file that cannot be read or decoded is named by the UserError the
-    pipeline raises when it reaches it.
-    """
-    paths_tensor = tf.constant(list(paths))
-
-    def find_unreadable(indices: np.ndarray) -> Optional[UserError]:
-        for index in indices:
-            try:
-                _decode_file(tf.constant(paths[index]))
-            except tf.errors.OpError:
-                return UserError(
-                    f"image {paths[index]} cannot be read or decoded (not a JPEG, PNG, GIF or "
-                    "BMP, or damaged); replace it or leave it out"
-                )
-        return None
-
-    return Split(
-        labels=np.zeros(len(paths), np.int32),
-        read_image=lambda index: _decode_file(tf.gather(paths_tensor, index)),
-        find_unreadable=find_unreadable,
     )
 
 

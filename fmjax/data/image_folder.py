@@ -21,7 +21,7 @@ range and an 8-bit one gives exactly v / 255.
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -150,6 +150,30 @@ def _folder_split(
             f"{split_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
             "put them in one sub-folder per class"
         )
+    return _decoding_split(
+        paths, labels, decoders, "(or set config.data.on_bad_image=skip)"
+    )
+
+
+def image_files_split(paths: Sequence[str]) -> Split:
+    """A split that reads the image files `paths` by index exactly as training does (labels 0).
+
+    Raises:
+      UserError: naming the first file that is not a JPEG, PNG, GIF or BMP
+        image, cannot be read, or is a BMP that TensorFlow would misread.
+    """
+    inspected = [_inspect(path) for path in paths]
+    problems = [problem for _, problem in inspected if problem]
+    if problems:
+        raise UserError(problems[0])
+    decoders = [decoder for decoder, _ in inspected]
+    return _decoding_split(list(paths), [0] * len(paths), decoders, "")
+
+
+def _decoding_split(
+    paths: list[str], labels: list[int], decoders: list[int], advice: str
+) -> Split:
+    """A Split decoding each path with its decoder; a damaged file is named by its path."""
     paths_tensor, decoders_tensor = tf.constant(paths), tf.constant(decoders, tf.int32)
 
     def read_image(index: tf.Tensor) -> tf.Tensor:
@@ -163,7 +187,7 @@ def _folder_split(
             except tf.errors.OpError:
                 return UserError(
                     f"image {paths[index]} cannot be decoded (damaged or truncated); replace or "
-                    "delete it (or set config.data.on_bad_image=skip)"
+                    f"delete it {advice}".rstrip()
                 )
         return None
 
