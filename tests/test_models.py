@@ -11,7 +11,7 @@ import fmjax
 from fmjax.config import base_config
 from fmjax.errors import UserError
 from fmjax.losses import cross_entropy
-from fmjax.models import ResNet, SeedCNN, create_model
+from fmjax.models import ResNet, SeedCNN, ValidConv, create_model
 from fmjax.parallel import make_data_parallel
 
 
@@ -30,6 +30,40 @@ def test_seed_cnn_activations_change_the_output(activation):
     chex.assert_shape(logits, (2, 3))
     relu = SeedCNN(3, hidden=8).apply({"params": params}, images)
     assert np.allclose(logits, relu) == (activation == "relu")
+
+
+def test_conv_as_shifted_windows_is_lax_conv_with_the_same_params_and_gradients():
+    images = jax.random.uniform(jax.random.key(1), (3, 11, 9, 3))
+    labels = jnp.array([0, 2, 1])
+    native, slices = (
+        SeedCNN(3, features=4, kernel_size=3, hidden=8, conv_implementation=impl)
+        for impl in ("native", "slices")
+    )
+    params = native.init(jax.random.key(0), images)
+    # Same parameter tree, initialised to the same values.
+    chex.assert_trees_all_equal(params, slices.init(jax.random.key(0), images))
+    reference = jax.lax.conv_general_dilated(
+        images, params["params"]["conv1"]["kernel"], (1, 1), "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    ) + params["params"]["conv1"]["bias"]
+    conv_params = {"params": params["params"]["conv1"]}
+    chex.assert_trees_all_close(
+        ValidConv(4, 3, "slices").apply(conv_params, images), reference, rtol=1e-5, atol=1e-6
+    )
+
+    def loss(model, params):
+        return cross_entropy(model.apply(params, images), labels)
+
+    chex.assert_trees_all_close(
+        jax.grad(lambda p: loss(slices, p))(params),
+        jax.grad(lambda p: loss(native, p))(params),
+        rtol=1e-5, atol=1e-6,
+    )
+    chex.assert_trees_all_close(
+        slices.apply(params, images), native.apply(params, images), rtol=1e-5, atol=1e-6
+    )
+    with pytest.raises(UserError, match="config.model.conv is 'fft'"):
+        create_model(model_config(conv="fft"), 10)
 
 
 def test_unknown_model_choices_are_user_errors():
