@@ -1,11 +1,10 @@
 """Training writes TensorBoard events that agree with metrics.jsonl."""
 
-import glob
 import json
 import os
 
 import numpy as np
-import tensorflow as tf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fmjax.config import base_config
 from fmjax.tensorboard import EVENTS_SUBDIR
@@ -13,14 +12,13 @@ from fmjax.trainer import train_and_evaluate
 
 
 def read_scalars(workdir):
-    scalars = {}
-    for path in glob.glob(os.path.join(workdir, EVENTS_SUBDIR, "events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                scalars.setdefault(value.tag, []).append(
-                    (event.step, float(tf.make_ndarray(value.tensor)))
-                )
-    return scalars
+    """(step, value) per tag, read as `tensorboard --logdir` reads them."""
+    events = EventAccumulator(os.path.join(workdir, EVENTS_SUBDIR))
+    events.Reload()
+    return {
+        tag: [(event.step, event.value) for event in events.Scalars(tag)]
+        for tag in events.Tags()["scalars"]
+    }
 
 
 def test_events_hold_every_epoch_and_the_schedule(tmp_path):
