@@ -18,6 +18,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.shard_params = False
     config.shard_params_min_size = 2**16  # elements; smaller arrays stay replicated
     config.checkpoint_every_steps = 0  # besides every epoch's end; 0 = only there
+    # With data on the devices, steps run in compiled loops of about this many
+    # seconds; between them the host checks for SIGTERM (so a stop waits at
+    # most about this long) and for due checkpoints.
+    config.host_check_seconds = 2.0
     config.keep_checkpoints = 3  # the newest this many are kept
     # Write each checkpoint in a background thread while training goes on
     # (False: training waits for the write).
@@ -49,6 +53,14 @@ def base_config() -> ml_collections.ConfigDict:
     # Training-only augmentation; the seed has none.
     config.data.random_crop_padding = 0  # pixels of zero padding, then a random crop back; 0 = off
     config.data.horizontal_flip = False  # flip each training image with probability 1/2
+    # Where the decoded, resized pixels live: "device" (both splits on every
+    # device; batches gathered there inside the compiled step), "host" (host
+    # memory), "none" (decoded batch by batch, for data sets larger than
+    # memory), or "auto": device if they fit device_cache_mb, else host if
+    # they fit host_cache_mb, else none.
+    config.data.cache = "auto"
+    config.data.device_cache_mb = 2048.0  # MiB per device
+    config.data.host_cache_mb = 8192.0  # MiB
     # image_folder: an image that cannot be read (damaged, truncated, not an
     # image): "error" stops naming the file; "skip" leaves it out and lists it.
     config.data.on_bad_image = "error"
@@ -64,6 +76,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.resnet_width = 64  # resnet: the first stage's channels, doubled per stage
     # Activations and matmuls; params and optimizer state stay float32.
     config.model.dtype = "float32"  # or "bfloat16" (mixed precision)
+    # seed_cnn: how conv1 is computed, the same function either way: "slices"
+    # (shifted windows and one matmul, fastest on CPU), "native" (lax.conv,
+    # fastest on GPU and TPU) or "auto" (by the backend).
+    config.model.conv = "auto"
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adam"  # "adam" or "sgd"

@@ -32,6 +32,12 @@ def evaluate(
         sums = jax.device_get(parallel.eval_step(device_state, parallel.put_batch(batch)))
         sums = {k: np.asarray(v, np.float64) for k, v in sums.items()}
         totals = sums if totals is None else {k: totals[k] + sums[k] for k in totals}
+    return test_metrics(totals)
+
+
+def test_metrics(totals: dict[str, Any]) -> dict[str, Any]:
+    """evaluate's result from the eval sums (fmjax.steps.eval_step) over the whole test split."""
+    totals = {k: np.asarray(v, np.float64) for k, v in totals.items()}
     count = totals["count"]
     return {
         "loss": float(totals["loss_sum"] / count),
@@ -57,7 +63,9 @@ def most_confident_mistakes(
       "probabilities" [n] (the softmax of the predicted class)}, n <= count.
     """
     kept = {"images": [], "true_labels": [], "predicted_labels": [], "probabilities": []}
+    prepare = jax.jit(dataset.prepare)
     for batch in dataset.test_batches(batch_size):
+        batch = {**batch, "image": np.asarray(prepare(batch)["image"])}
         probabilities = np.asarray(jax.nn.softmax(logits_fn(batch["image"]).astype(np.float32)))
         predicted = probabilities.argmax(axis=1)
         wrong = (predicted != batch["label"]) & (batch["mask"] > 0)
@@ -98,7 +106,7 @@ def evaluate_checkpoint(
       of lists, rows are true labels), "figures" (the PNGs written)}.
     """
     dataset = load_dataset(config)
-    parallel = parallel_from_config(config)
+    parallel = parallel_from_config(config, prepare=dataset.prepare)
     step, variables = ckpt.restore_variables_at(workdir, step)
     model = create_model(config.model, dataset.num_classes)
     expected = jax.eval_shape(

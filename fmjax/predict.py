@@ -3,8 +3,8 @@
 A run directory holds everything prediction needs: config.json (the model
 and the pixel normalisation) and the checkpoint (the params, the class names
 and the image size), so no data set is read. The images go through fmjax's
-own tf.data pipeline (fmjax.data.pipeline.Dataset) as a one-split data set,
-so they are resized and normalised exactly as the training images were.
+own data path (fmjax.data.pipeline.Dataset) as a one-split data set, so they
+are decoded, resized and normalised exactly as the training images were.
 """
 
 import dataclasses
@@ -123,7 +123,7 @@ class Predictor:
         Yields {"image": float32 [b, H, W, 3], "mask": float32 [b]} in the
         order of `paths`; the last batch is padded, with mask 0 on the padding.
         """
-        split = image_files_split(paths)
+        split = image_files_split(paths, self.image_size)
         images = Dataset(
             name="images to classify",
             class_names=self.class_names,
@@ -134,8 +134,10 @@ class Predictor:
             pixel_mean=self.pixel_mean,
             pixel_std=self.pixel_std,
         )
+        prepare = jax.jit(images.prepare)
         # No larger than the input, so a few images cost a small forward pass.
-        return images.test_batches(min(self.batch_size, len(paths)))
+        for batch in images.test_batches(min(self.batch_size, len(paths))):
+            yield jax.device_get(prepare(batch))
 
     def probabilities(self, paths: Sequence[str]) -> np.ndarray:
         """float32 [len(paths), num_classes]: each image's class probabilities."""

@@ -11,3 +11,10 @@ import jax  # noqa: E402
 
 # Tests compare runs at 1e-5; keep matmuls in full float32 on every backend.
 jax.config.update("jax_default_matmul_precision", "float32")
+
+
+def prepared(dataset, batch, epoch=None):
+    """A batch of pixels as the model gets it inside the compiled step (dataset.prepare), on the host."""
+    import jax
+
+    return jax.device_get(dataset.prepare(batch, epoch))

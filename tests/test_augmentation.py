@@ -1,7 +1,12 @@
-"""Training-only augmentation: flips and padded crops, reproducible from (seed, epoch, example)."""
+"""Training-only augmentation: flips and padded crops, reproducible from (seed, epoch, example).
+
+Augmentation happens in Dataset.prepare, inside the compiled step; these
+tests call it on the host.
+"""
 
 import numpy as np
 import pytest
+from conftest import prepared
 
 from fmjax.config import base_config
 from fmjax.data import load_dataset
@@ -18,13 +23,18 @@ def dataset(padding=0, flip=False):
     return load_dataset(config)
 
 
+def train_batches(data, epoch, **kwargs):
+    """The model's input for each training batch of `epoch`."""
+    return [prepared(data, batch, epoch) for batch in data.train_batches(epoch, BATCH, **kwargs)]
+
+
 @pytest.fixture(scope="module")
 def plain_batch():
-    return next(dataset().train_batches(0, BATCH))
+    return train_batches(dataset(), 0)[0]
 
 
 def test_flip_mirrors_about_half_of_the_images_and_nothing_else(plain_batch):
-    flipped = next(dataset(flip=True).train_batches(0, BATCH))
+    flipped = train_batches(dataset(flip=True), 0)[0]
     np.testing.assert_array_equal(flipped["label"], plain_batch["label"])
     mirrored = 0
     for original, augmented in zip(plain_batch["image"], flipped["image"]):
@@ -36,7 +46,7 @@ def test_flip_mirrors_about_half_of_the_images_and_nothing_else(plain_batch):
 
 
 def test_padded_crop_is_a_window_of_the_black_padded_image(plain_batch):
-    cropped = next(dataset(padding=2).train_batches(0, BATCH))
+    cropped = train_batches(dataset(padding=2), 0)[0]
     shifted = 0
     for original, augmented in zip(plain_batch["image"], cropped["image"]):
         padded = np.pad(original, ((2, 2), (2, 2), (0, 0)))
@@ -53,20 +63,21 @@ def test_padded_crop_is_a_window_of_the_black_padded_image(plain_batch):
 
 def test_augmentation_is_reproducible_per_epoch_and_resumable():
     data = dataset(padding=2, flip=True)
-    first = list(data.train_batches(3, BATCH))
-    again = list(data.train_batches(3, BATCH))
-    resumed = list(data.train_batches(3, BATCH, start_batch=2))
+    first = train_batches(data, 3)
+    again = train_batches(data, 3)
+    resumed = train_batches(data, 3, start_batch=2)
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a["image"], b["image"])
     for a, b in zip(first[2:], resumed):
         np.testing.assert_array_equal(a["image"], b["image"])
-    other_epoch = next(data.train_batches(4, BATCH))
+    other_epoch = train_batches(data, 4)[0]
     assert not np.array_equal(other_epoch["image"], first[0]["image"])
 
 
 def test_test_images_are_never_augmented():
-    plain = next(dataset().test_batches(BATCH))
-    augmented = next(dataset(padding=2, flip=True).test_batches(BATCH))
+    plain = prepared(dataset(), next(dataset().test_batches(BATCH)))
+    augmented_data = dataset(padding=2, flip=True)
+    augmented = prepared(augmented_data, next(augmented_data.test_batches(BATCH)))
     np.testing.assert_array_equal(plain["image"], augmented["image"])
 
 

@@ -20,7 +20,8 @@ from sklearn.model_selection import train_test_split
 
 from fmjax.config import base_config
 from fmjax.data import Dataset, load_dataset
-from fmjax.data.pipeline import Split, in_memory_split, shuffled_train_indices
+from fmjax.data.pipeline import Split, array_split, shuffled_train_indices
+from conftest import prepared
 from fmjax.errors import UserError
 
 IMAGE_SIZE = 8
@@ -115,17 +116,16 @@ def test_start_batch_never_reads_the_skipped_examples():
     num_examples, batch_size, start_batch = 40, 8, 3
     skipped = shuffled_train_indices(7, 0, num_examples, batch_size, 0, 0, 1)[:start_batch]
 
-    def read_image_unless_skipped(index):
-        tf.debugging.assert_equal(
-            tf.reduce_any(tf.equal(index, skipped.reshape(-1))), False
-        )
-        return tf.zeros([4, 4, 1])
+    def load_unless_skipped(indices):
+        if np.isin(indices, skipped).any():
+            raise AssertionError(f"read skipped examples {indices}")
+        return np.zeros((len(indices), 4, 4, 3), np.uint8)
 
-    split = Split(np.zeros(num_examples, np.int32), read_image_unless_skipped)
+    split = Split(np.zeros(num_examples, np.int32), load_unless_skipped, np.dtype(np.uint8))
     dataset = Dataset("probe", ["only"], (4, 4, 3), 7, split, split)
     batches = list(dataset.train_batches(0, batch_size, start_batch=start_batch))
     assert len(batches) == num_examples // batch_size - start_batch
-    with pytest.raises(tf.errors.InvalidArgumentError):
+    with pytest.raises(AssertionError, match="read skipped examples"):
         list(dataset.train_batches(0, batch_size))
 
 
@@ -224,13 +224,14 @@ def test_image_folder_classes_sorted_and_images_rgb_in_unit_range(image_root):
     dataset = load_dataset(make_config(source="image_folder", root=str(image_root)))
     assert dataset.class_names == ["bird", "cat", "dog"]
     assert (dataset.num_train, dataset.num_test) == (5, 2)
-    batch = next(dataset.test_batches(2))
+    batch = prepared(dataset, next(dataset.test_batches(2)))
     assert batch["image"].shape == (2, IMAGE_SIZE, IMAGE_SIZE, 3)
     np.testing.assert_array_equal(batch["label"], [1, 2])  # cat/b.jpeg, dog/a.png
     np.testing.assert_allclose(batch["image"][0], 1.0, atol=2 / 255)
     np.testing.assert_allclose(batch["image"][1], 0.0)
 
     (batch,) = dataset.train_batches(0, 5)
+    batch = prepared(dataset, batch)
     assert batch["image"].shape == (5, IMAGE_SIZE, IMAGE_SIZE, 3)
     # Every image is one solid colour; collect them per class.
     colours = {label: [] for label in range(3)}
@@ -248,8 +249,8 @@ def test_image_folder_normalization(image_root):
     normalized = load_dataset(
         make_config(source="image_folder", root=str(image_root), normalize=True, mean=mean, std=std)
     )
-    expected = (next(plain.test_batches(2))["image"] - np.array(mean)) / np.array(std)
-    actual = next(normalized.test_batches(2))["image"]
+    expected = (prepared(plain, next(plain.test_batches(2)))["image"] - np.array(mean)) / np.array(std)
+    actual = prepared(normalized, next(normalized.test_batches(2)))["image"]
     np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6)
 
 
@@ -292,13 +293,20 @@ def test_image_folder_garbage_png_is_caught_when_listed(image_root):
     assert_one_line_naming(error, garbage)
 
 
-def test_image_folder_colour_palette_bmp_is_refused(image_root):
+def test_image_folder_colour_palette_bmp_decodes_to_its_colours(image_root):
     palette_bmp = image_root / "train" / "cat" / "palette.bmp"
-    red_and_blue = np.concatenate([solid((200, 10, 10)), solid((10, 10, 200))], axis=1)
-    save_image(palette_bmp, red_and_blue, "BMP", mode="P")
-    with pytest.raises(UserError) as error:
-        load_dataset(make_config(source="image_folder", root=str(image_root)))
-    assert_one_line_naming(error, palette_bmp)
+    left_red_right_blue = np.repeat([[0] * 8 + [1] * 8], 8, axis=0).astype(np.uint8)
+    image = Image.fromarray(left_red_right_blue, "P")
+    image.putpalette([200, 10, 10, 10, 10, 200] + [0] * 762)
+    image.save(palette_bmp, "BMP")
+    config = make_config(source="image_folder", root=str(image_root))
+    dataset = load_dataset(config)
+    # cat/ in name order: animated.gif, palette.bmp, photo.BMP.
+    position = [i for i, label in enumerate(dataset.train_split.labels) if label == 1][1]
+    pixels = dataset.train_split.load(np.array([position]))[0]
+    # Resized from 8x16 to 8x8: the left half red, the right half blue.
+    np.testing.assert_array_equal(pixels[:, :3], np.broadcast_to([200, 10, 10], (8, 3, 3)))
+    np.testing.assert_array_equal(pixels[:, 5:], np.broadcast_to([10, 10, 200], (8, 3, 3)))
 
 
 def test_image_folder_truncated_jpeg_is_named_when_decoded(image_root):
@@ -324,6 +332,8 @@ def test_tfds_mnist_from_mock_data():
     assert dataset.class_names == [str(digit) for digit in range(10)]
     assert (dataset.num_train, dataset.num_test) == (24, 24)
     batch = next(dataset.train_batches(0, 8))
+    assert batch["image"].dtype == np.uint8  # mnist's 8-bit pixels, kept as they are
+    batch = prepared(dataset, batch)
     assert batch["image"].shape == (8, IMAGE_SIZE, IMAGE_SIZE, 3)
     assert batch["label"].dtype == np.int32 and batch["label"].max() < 10
     assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
@@ -346,9 +356,13 @@ def test_tfds_unknown_name():
         load_dataset(make_config(source="tfds", name="no_such_data_set"))
 
 
-def test_in_memory_split_scales_uint8_to_unit_range():
+def test_uint8_pixels_are_prepared_as_to_tensor_scales_them():
     images = np.array([[[[0], [255]], [[51], [102]]]], np.uint8)
-    split = in_memory_split(images, np.array([0]))
+    split = array_split(images, np.array([0]), 2)
+    assert split.pixel_dtype == np.uint8
+    dataset = Dataset("probe", ["only"], (2, 2, 3), 0, split, split)
+    (batch,) = dataset.test_batches(1)
+    np.testing.assert_array_equal(batch["image"][0, ..., 1], images[0, ..., 0])
     np.testing.assert_allclose(
-        split.read_image(tf.constant(0, tf.int64)).numpy()[..., 0], [[0.0, 1.0], [0.2, 0.4]]
+        prepared(dataset, batch)["image"][0, ..., 0], [[0.0, 1.0], [0.2, 0.4]], rtol=1e-7
     )

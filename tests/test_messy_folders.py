@@ -15,6 +15,8 @@ import tensorflow as tf
 from PIL import Image
 
 from fmjax.config import base_config
+from conftest import prepared
+
 from fmjax.data import load_dataset
 from fmjax.errors import UserError
 
@@ -81,18 +83,20 @@ def test_skip_leaves_out_junk_and_bad_images_and_says_which(messy_root):
 
 def test_sixteen_bit_pngs_and_cmyk_jpegs_decode_exactly(messy_root):
     dataset = load_dataset(config(messy_root, "skip"), report=lambda line: None)
-    batch = next(dataset.test_batches(4))
+    assert dataset.test_split.pixel_dtype == np.float32  # it holds 16-bit images
+    batch = prepared(dataset, next(dataset.test_batches(4)))
     np.testing.assert_array_equal(batch["label"], [1, 1, 1, 2])
     grey16, rgb16, cmyk, rgb8 = batch["image"]
     # 16 bits keep their range: 65535 is 1.0, not 255 levels of the high byte.
     np.testing.assert_array_equal(grey16, np.repeat(GREY16[..., None] / np.float32(65535), 3, axis=-1))
     np.testing.assert_array_equal(rgb16, RGB16 / np.float32(65535))
     np.testing.assert_array_equal(rgb8, RGB8 / np.float32(255))
-    # A CMYK JPEG (Adobe's, inverted) becomes RGB = (255 - ink) * (255 - black) / 255, rounded down.
+    # A CMYK JPEG becomes RGB = (255 - ink) * (255 - black) / 255, rounded to
+    # the nearest level, as PIL (and so torchvision's ImageFolder) converts it.
     ink = np.asarray(Image.open(messy_root / "test" / "cat" / "3.JPG")).astype(np.int64)
-    rgb = (255 - ink[..., :3]) * (255 - ink[..., 3:]) // 255
+    rgb = np.round((255 - ink[..., :3]) * (255 - ink[..., 3:]) / 255)
     np.testing.assert_array_equal(cmyk, rgb.astype(np.float32) / np.float32(255))
-    assert tuple(rgb[0, 0]) == (118, 156, 42)
+    assert tuple(rgb[0, 0]) == (119, 157, 42)
 
 
 def test_upper_case_jpeg_decodes_as_pil_does(messy_root):
@@ -100,7 +104,7 @@ def test_upper_case_jpeg_decodes_as_pil_does(messy_root):
     (batch,) = dataset.train_batches(0, 3)
     (jpeg,) = batch["image"][batch["label"] == 2]  # dog/b.JPG
     expected = np.asarray(Image.open(messy_root / "train" / "dog" / "b.JPG"))
-    np.testing.assert_array_equal(jpeg, expected / np.float32(255))
+    np.testing.assert_array_equal(jpeg, expected)
 
 
 def test_error_names_the_bad_image_in_one_line(messy_root):

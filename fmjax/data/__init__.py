@@ -10,9 +10,32 @@ from fmjax.data.pipeline import Augmentation, Dataset
 from fmjax.data.tfds import tfds_splits
 from fmjax.errors import UserError
 
-__all__ = ["Augmentation", "Dataset", "load_dataset"]
+__all__ = ["Augmentation", "Dataset", "cache_placement", "load_dataset"]
 
 SOURCES = ("digits", "image_folder", "tfds")
+CACHE_CHOICES = ("auto", "device", "host", "none")
+
+
+def cache_placement(config: ml_collections.ConfigDict, dataset: Dataset) -> str:
+    """Where the run keeps its pixels: "device", "host" or "none" (loaded batch by batch).
+
+    config.data.cache names one, or "auto": the devices when both splits'
+    pixels fit config.data.device_cache_mb (each device holds a whole copy),
+    else host memory when they fit config.data.host_cache_mb, else none.
+    """
+    choice = config.data.cache
+    if choice not in CACHE_CHOICES:
+        raise UserError(
+            f"config.data.cache is {choice!r}; use one of {', '.join(CACHE_CHOICES)}"
+        )
+    if choice != "auto":
+        return choice
+    size_mb = dataset.pixel_bytes() / 2**20
+    if size_mb <= config.data.device_cache_mb:
+        return "device"
+    if size_mb <= config.data.host_cache_mb:
+        return "host"
+    return "none"
 
 
 def load_dataset(
@@ -48,17 +71,17 @@ def load_dataset(
     if source == "digits":
         name = "digits"
         class_names, train_split, test_split = digits_splits(
-            config.data.test_fraction, config.data.split_seed
+            config.data.test_fraction, config.data.split_seed, config.image_size
         )
     elif source == "image_folder":
         name = config.data.root
         class_names, train_split, test_split = image_folder_splits(
-            config.data.root, config.data.on_bad_image, report
+            config.data.root, config.image_size, config.data.on_bad_image, report
         )
     elif source == "tfds":
         name = config.data.name
         class_names, train_split, test_split = tfds_splits(
-            config.data.name, config.data.data_dir, config.num_classes
+            config.data.name, config.data.data_dir, config.num_classes, config.image_size
         )
     else:
         raise UserError(

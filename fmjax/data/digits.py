@@ -8,20 +8,23 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from fmjax.data.pipeline import Split, in_memory_split
+from fmjax.data.pipeline import Split, array_split
 from fmjax.errors import UserError
 
 # load_digits counts ink in each 8x8 cell from 0 to 16.
 _MAX_PIXEL_VALUE = 16.0
 
 
-def digits_splits(test_fraction: float, split_seed: int) -> tuple[list[str], Split, Split]:
+def digits_splits(
+    test_fraction: float, split_seed: int, image_size: int
+) -> tuple[list[str], Split, Split]:
     """Class names and the (train, test) splits of the digits data set.
 
     Args:
       test_fraction: share of the images held out for testing, in (0, 1).
       split_seed: fixes which images are held out; stratified by label so both
         splits keep the classes' proportions.
+      image_size: the images are resized to image_size x image_size once.
     """
     if not 0.0 < test_fraction < 1.0:
         raise UserError(
@@ -40,6 +43,6 @@ def digits_splits(test_fraction: float, split_seed: int) -> tuple[list[str], Spl
     class_names = [str(digit) for digit in digits.target_names]
     return (
         class_names,
-        in_memory_split(train_images, train_labels),
-        in_memory_split(test_images, test_labels),
+        array_split(train_images, train_labels, image_size),
+        array_split(test_images, test_labels, image_size),
     )

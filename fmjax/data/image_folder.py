@@ -4,61 +4,67 @@ The layout and class order follow torchvision's ImageFolder: classes are the
 train/ sub-folders sorted by name, and test/ uses the same mapping (it may
 lack classes, never add them). Real folders are messy, so:
 
-- hidden files (.DS_Store, ._name) and files that are not JPEG, PNG, GIF or
-  BMP by their extension (any case) are left out, and counted in one line;
+- hidden files (.DS_Store, ._name), files that are not JPEG, PNG, GIF or BMP
+  by their extension (any case), and entries that are not regular files
+  (a FIFO, a socket) are left out, and counted in one line;
+- folders are walked following symbolic links, but each real folder and each
+  real file is visited once, so a link back up the tree adds nothing;
 - an image that cannot be read is an error naming it, or, with
   on_bad_image="skip", is left out and named at the start. Files are checked
   when listed by their first bytes; with "skip" every image is also decoded
   once, since a damaged body only shows when decoded (with "error" that
-  happens in training, and the error names the file too);
+  happens when the image is first loaded, and the error names the file too);
 - a train/ class folder left with no image is an error: dropping the class
   would shift the labels of the classes after it.
 
-Decoding is exact: JPEGs with the accurate DCT that PIL (and so torchvision)
-uses, CMYK ones converted to RGB; PNGs at 16 bits, so a 16-bit PNG keeps its
-range and an 8-bit one gives exactly v / 255.
+Images are decoded and resized as torchvision's ImageFolder and Resize do
+it, with PIL: JPEGs with libjpeg's accurate DCT, CMYK and palette images
+converted to RGB by PIL, the first frame of a GIF, and PIL's bilinear resize
+to uint8. 16-bit PNGs keep their range as float32 in [0, 1]: grey ones
+through PIL, colour ones (which PIL cuts to 8 bits) through TensorFlow,
+imported only when a folder holds one.
 """
 
+import concurrent.futures
 import os
+import stat
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 
-from fmjax.data.pipeline import Split, uint8_to_unit_range
+from fmjax.data.pipeline import Split, resize_image
+from fmjax.data.tensorflow_import import import_tensorflow
 from fmjax.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 BAD_IMAGE_CHOICES = ("error", "skip")
 _HEADER_BYTES = 32
 _MAX_NAMED = 10  # skipped images named in the start-up line; the rest are counted
-
-# Decoders, told apart by a file's leading bytes as tf.io.decode_image does.
-_PNG, _JPEG, _GIF_OR_BMP = 0, 1, 2
-_SIGNATURES = {
-    b"\x89PNG\r\n\x1a\n": _PNG,
-    b"\xff\xd8\xff": _JPEG,
-    b"GIF87a": _GIF_OR_BMP,
-    b"GIF89a": _GIF_OR_BMP,
-    b"BM": _GIF_OR_BMP,
-}
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
+# PIL releases the GIL while it decodes and resizes, so threads decode in parallel.
+_DECODERS = concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
 
 
 def image_folder_splits(
-    root: str, on_bad_image: str, report: Callable[[str], None]
+    root: str, image_size: int, on_bad_image: str, report: Callable[[str], None]
 ) -> tuple[list[str], Split, Split]:
     """Class names and the (train, test) splits of the image folder at `root`.
 
     Args:
       root: the folder holding train/ and test/.
+      image_size: images load resized to image_size x image_size.
       on_bad_image: "error" or "skip", for images that cannot be read.
       report: prints one line; told what was left out of each split.
     """
     if on_bad_image not in BAD_IMAGE_CHOICES:
         raise UserError(
             f"config.data.on_bad_image is {on_bad_image!r}; use one of {', '.join(BAD_IMAGE_CHOICES)}"
+        )
+    if not root:
+        raise UserError(
+            "config.data.root is empty; set it to a folder holding train/ and test/"
         )
     root_dir = Path(root)
     if not root_dir.is_dir():
@@ -70,7 +76,8 @@ def image_folder_splits(
     for split_dir in (train_dir, test_dir):
         if not split_dir.is_dir():
             raise UserError(
-                f"{split_dir} is missing; create it with one sub-folder of images per class"
+                f"{split_dir} is missing (config.data.root={root}); "
+                "create it with one sub-folder of images per class"
             )
     class_names = _visible_subfolders(train_dir)
     for name in _visible_subfolders(test_dir):
@@ -81,8 +88,8 @@ def image_folder_splits(
             )
     return (
         class_names,
-        _folder_split(train_dir, class_names, True, on_bad_image, report),
-        _folder_split(test_dir, class_names, False, on_bad_image, report),
+        _folder_split(train_dir, class_names, True, image_size, on_bad_image, report),
+        _folder_split(test_dir, class_names, False, image_size, on_bad_image, report),
     )
 
 
@@ -98,32 +105,28 @@ def _folder_split(
     split_dir: Path,
     class_names: list[str],
     every_class_needed: bool,
+    image_size: int,
     on_bad_image: str,
     report: Callable[[str], None],
 ) -> Split:
-    paths, labels, hidden, not_images = [], [], [], []
+    paths, labels = [], []
+    left_out: dict[str, list[str]] = {"hidden file": [], "non-image file": [], "non-regular file": []}
     for label, name in enumerate(class_names):
-        images, class_hidden, class_not_images = _list_class(split_dir / name)
+        images, class_left_out = _list_class(split_dir / name)
         paths += images
         labels += [label] * len(images)
-        hidden += class_hidden
-        not_images += class_not_images
-    left_out = [
-        _counted(files, kind, split_dir)
-        for files, kind in ((hidden, "hidden file"), (not_images, "non-image file"))
-        if files
-    ]
-    if left_out:
-        report(f"{split_dir}: left out {' and '.join(left_out)}")
+        for kind, files in class_left_out.items():
+            left_out[kind] += files
+    counts = [_counted(files, kind, split_dir) for kind, files in left_out.items() if files]
+    if counts:
+        report(f"{split_dir}: left out {' and '.join(counts)}")
 
-    inspected = [_inspect(path) for path in paths]
-    problems = [problem for _, problem in inspected if problem]
-    if problems and on_bad_image == "error":
-        raise UserError(f"{problems[0]} (or set config.data.on_bad_image=skip)")
-    decoders = [decoder for decoder, _ in inspected]
-    keep = [i for i, (_, problem) in enumerate(inspected) if not problem]
+    problems = [_inspect(path) for path in paths]
+    if any(problems) and on_bad_image == "error":
+        raise UserError(f"{next(p for p in problems if p)} (or set config.data.on_bad_image=skip)")
+    keep = [i for i, problem in enumerate(problems) if not problem]
     if on_bad_image == "skip":
-        undecodable = set(_undecodable([paths[i] for i in keep], [decoders[i] for i in keep]))
+        undecodable = set(_undecodable([paths[i] for i in keep]))
         keep = [i for position, i in enumerate(keep) if position not in undecodable]
         skipped = sorted(set(range(len(paths))) - set(keep))
         if skipped:
@@ -135,7 +138,6 @@ def _folder_split(
             )
     paths = [paths[i] for i in keep]
     labels = [labels[i] for i in keep]
-    decoders = [decoders[i] for i in keep]
 
     if every_class_needed:
         present = set(labels)
@@ -150,69 +152,84 @@ def _folder_split(
             f"{split_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
             "put them in one sub-folder per class"
         )
-    return _decoding_split(
-        paths, labels, decoders, "(or set config.data.on_bad_image=skip)"
-    )
+    return _decoding_split(paths, labels, image_size, "(or set config.data.on_bad_image=skip)")
 
 
-def image_files_split(paths: Sequence[str]) -> Split:
-    """A split that reads the image files `paths` by index exactly as training does (labels 0).
+def image_files_split(paths: Sequence[str], image_size: int) -> Split:
+    """A split that loads the image files `paths` by index exactly as training does (labels 0).
 
     Raises:
       UserError: naming the first file that is not a JPEG, PNG, GIF or BMP
-        image, cannot be read, or is a BMP that TensorFlow would misread.
+        image or cannot be read.
     """
-    inspected = [_inspect(path) for path in paths]
-    problems = [problem for _, problem in inspected if problem]
-    if problems:
-        raise UserError(problems[0])
-    decoders = [decoder for decoder, _ in inspected]
-    return _decoding_split(list(paths), [0] * len(paths), decoders, "")
+    problems = [_inspect(path) for path in paths]
+    if any(problems):
+        raise UserError(next(p for p in problems if p))
+    return _decoding_split(list(paths), [0] * len(paths), image_size, "")
 
 
-def _decoding_split(
-    paths: list[str], labels: list[int], decoders: list[int], advice: str
-) -> Split:
-    """A Split decoding each path with its decoder; a damaged file is named by its path."""
-    paths_tensor, decoders_tensor = tf.constant(paths), tf.constant(decoders, tf.int32)
+def _decoding_split(paths: list[str], labels: list[int], image_size: int, advice: str) -> Split:
+    """A Split decoding each path when loaded; a damaged file is named by its path."""
+    high_depth = [_is_sixteen_bit_png(path) for path in paths]
+    pixel_dtype = np.dtype(np.float32 if any(high_depth) else np.uint8)
 
-    def read_image(index: tf.Tensor) -> tf.Tensor:
-        encoded = tf.io.read_file(tf.gather(paths_tensor, index))
-        return _decode(encoded, tf.gather(decoders_tensor, index))
+    def load_one(index: int) -> np.ndarray:
+        try:
+            pixels = _load_image(paths[index], image_size, high_depth[index])
+        except _DECODE_ERRORS:
+            raise UserError(
+                f"image {paths[index]} cannot be decoded (damaged or truncated); replace or "
+                f"delete it {advice}".rstrip()
+            ) from None
+        return pixels.astype(np.float32) / 255.0 if pixels.dtype != pixel_dtype else pixels
 
-    def find_unreadable(indices: np.ndarray) -> UserError | None:
-        for index in indices:
-            try:
-                _decode(tf.io.read_file(paths[index]), tf.constant(decoders[index]))
-            except tf.errors.OpError:
-                return UserError(
-                    f"image {paths[index]} cannot be decoded (damaged or truncated); replace or "
-                    f"delete it {advice}".rstrip()
-                )
-        return None
+    def load(indices: np.ndarray) -> np.ndarray:
+        images = list(_DECODERS.map(load_one, np.asarray(indices).reshape(-1).tolist()))
+        if not images:
+            return np.zeros((0, image_size, image_size, 3), pixel_dtype)
+        return np.stack(images)
 
-    return Split(np.asarray(labels, np.int32), read_image, find_unreadable)
+    return Split(np.asarray(labels, np.int32), load, pixel_dtype)
 
 
-def _list_class(class_dir: Path) -> tuple[list[str], list[str], list[str]]:
-    """(image files, hidden files, other files) under class_dir, recursively, sorted.
+def _list_class(class_dir: Path) -> tuple[list[str], dict[str, list[str]]]:
+    """The image files under class_dir, recursively and sorted, and what was left out, by kind.
 
-    Hidden sub-folders are skipped whole.
+    Links are followed, but each real folder and file is taken once: a link
+    to a folder already walked (a loop, or a second way to the same images)
+    adds nothing. Hidden sub-folders are skipped whole.
     """
+    left_out: dict[str, list[str]] = {"hidden file": [], "non-image file": [], "non-regular file": []}
     if not class_dir.is_dir():
-        return [], [], []
-    images, hidden, others = [], [], []
+        return [], left_out
+    images, seen_folders, seen_files = [], set(), set()
     for directory, subdirectories, file_names in os.walk(class_dir, followlinks=True):
+        real = os.path.realpath(directory)
+        if real in seen_folders:
+            subdirectories[:] = []
+            continue
+        seen_folders.add(real)
         subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
         for file_name in sorted(file_names):
             path = os.path.join(directory, file_name)
             if file_name.startswith("."):
-                hidden.append(path)
-            elif file_name.lower().endswith(IMAGE_EXTENSIONS):
+                left_out["hidden file"].append(path)
+            elif not file_name.lower().endswith(IMAGE_EXTENSIONS):
+                left_out["non-image file"].append(path)
+            elif not _is_regular_file(path):
+                left_out["non-regular file"].append(path)
+            elif os.path.realpath(path) not in seen_files:
+                seen_files.add(os.path.realpath(path))
                 images.append(path)
-            else:
-                others.append(path)
-    return images, hidden, others
+    return images, left_out
+
+
+def _is_regular_file(path: str) -> bool:
+    # A FIFO named like an image would block the first read forever.
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True  # named as unreadable by _inspect
 
 
 def _plural(count: int, noun: str) -> str:
@@ -225,87 +242,65 @@ def _counted(paths: list[str], noun: str, split_dir: Path) -> str:
     return f"{_plural(len(paths), noun)} ({example}{', ...' * (len(paths) > 1)})"
 
 
-def _inspect(path: str) -> tuple[int, str]:
-    """The decoder a file needs, by its first bytes, and why it cannot be read ("" if it can)."""
+def _inspect(path: str) -> str:
+    """Why a file cannot be read as an image, by its first bytes ("" if it can)."""
+    if not _is_regular_file(path):
+        return f"{path} is not a regular file; replace it with an image or delete it"
     try:
         with open(path, "rb") as image_file:
             header = image_file.read(_HEADER_BYTES)
     except OSError as error:
-        return _GIF_OR_BMP, f"cannot read image {path} ({error.strerror}); fix its permissions or delete it"
-    decoder = next((d for signature, d in _SIGNATURES.items() if header.startswith(signature)), None)
-    if decoder is None:
-        return _GIF_OR_BMP, f"{path} is not a JPEG, PNG, GIF or BMP image; replace or delete it"
-    if header.startswith(b"BM") and _is_palette_bmp_tensorflow_misreads(path, header):
-        return decoder, (
-            f"{path} is a colour-palette BMP, which TensorFlow decodes with wrong "
-            "colours; convert it to PNG"
-        )
-    return decoder, ""
+        return f"cannot read image {path} ({error.strerror}); fix its permissions or delete it"
+    if not header.startswith(_SIGNATURES):
+        return f"{path} is not a JPEG, PNG, GIF or BMP image; replace or delete it"
+    return ""
 
 
-def _is_palette_bmp_tensorflow_misreads(path: str, header: bytes) -> bool:
-    # TensorFlow takes an 8-bit BMP's palette indices as grey levels, which is
-    # right only when the palette is the plain grey ramp (PIL then opens it
-    # as mode "L"); BMPs of fewer bits it cannot read at all.
-    info_header_size = int.from_bytes(header[14:18], "little")
-    bits_offset = 24 if info_header_size == 12 else 28
-    bits_per_pixel = int.from_bytes(header[bits_offset : bits_offset + 2], "little")
-    if bits_per_pixel > 8:
-        return False
+def _is_sixteen_bit_png(path: str) -> bool:
+    """Whether `path` is a PNG of 16 bits per channel (its IHDR's bit depth, byte 24)."""
     try:
-        with Image.open(path) as image:
-            return bits_per_pixel < 8 or image.mode != "L"
+        with open(path, "rb") as image_file:
+            header = image_file.read(_HEADER_BYTES)
     except OSError:
-        return True
+        return False
+    return header.startswith(_SIGNATURES[0]) and len(header) > 24 and header[24] == 16
 
 
-def _undecodable(paths: list[str], decoders: list[int]) -> list[int]:
+def _undecodable(paths: list[str]) -> list[int]:
     """The positions in `paths` of the images that fail to decode, found by decoding each once."""
-    paths_tensor, decoders_tensor = tf.constant(paths, tf.string), tf.constant(decoders, tf.int32)
 
-    def decoded_size(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        image = _decode(tf.io.read_file(tf.gather(paths_tensor, index)), tf.gather(decoders_tensor, index))
-        return index, tf.size(image)  # the size makes tf.data run the decoder
+    def fails(path: str) -> bool:
+        try:
+            _load_image(path, 1, _is_sixteen_bit_png(path))
+        except _DECODE_ERRORS:
+            return True
+        return False
 
-    decoded = (
-        tf.data.Dataset.range(len(paths))
-        .map(decoded_size, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-        .ignore_errors()
-    )
-    readable = {int(index) for index, _ in decoded.as_numpy_iterator()}
-    return [i for i in range(len(paths)) if i not in readable]
+    return [i for i, failed in enumerate(_DECODERS.map(fails, paths)) if failed]
 
 
-def _decode(encoded: tf.Tensor, decoder: tf.Tensor) -> tf.Tensor:
-    """float32 [height, width, 3] pixels in [0, 1] from an encoded image."""
-    return tf.ensure_shape(
-        tf.switch_case(
-            decoder,
-            {
-                _PNG: lambda: _decode_png(encoded),
-                _JPEG: lambda: _decode_jpeg(encoded),
-                _GIF_OR_BMP: lambda: _decode_gif_or_bmp(encoded),
-            },
-        ),
-        [None, None, 3],
-    )
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-def _decode_png(encoded: tf.Tensor) -> tf.Tensor:
-    # At 16 bits an 8-bit PNG's value v comes back as v * 257, and
-    # v * 257 / 65535 is exactly v / 255 in float32.
-    image = tf.io.decode_png(encoded, channels=3, dtype=tf.uint16)
-    return tf.cast(image, tf.float32) / 65535.0
+def _load_image(path: str, image_size: int, sixteen_bit_png: bool) -> np.ndarray:
+    """Pixels [image_size, image_size, 3]: uint8, or float32 in [0, 1] for a 16-bit PNG."""
+    if sixteen_bit_png:
+        return resize_image(_sixteen_bit_png_pixels(path), image_size)
+    with Image.open(path) as image:
+        image.seek(0)  # a GIF's first frame
+        rgb = np.asarray(image.convert("RGB"))
+    return resize_image(rgb, image_size)
 
 
-def _decode_jpeg(encoded: tf.Tensor) -> tf.Tensor:
-    # The default fast DCT is off by up to several levels from libjpeg's
-    # accurate one, which PIL uses.
-    return uint8_to_unit_range(
-        tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE")
-    )
-
-
-def _decode_gif_or_bmp(encoded: tf.Tensor) -> tf.Tensor:
-    # channels=3 turns grey and RGBA into RGB; a GIF gives its first frame.
-    return uint8_to_unit_range(tf.io.decode_image(encoded, channels=3, expand_animations=False))
+def _sixteen_bit_png_pixels(path: str) -> np.ndarray:
+    with Image.open(path) as image:
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # grey, which PIL keeps at 16 bits
+            return (np.asarray(image, np.float32) / np.float32(65535))[..., None]
+    tf = import_tensorflow()
+    with open(path, "rb") as image_file:
+        encoded = image_file.read()
+    try:
+        decoded = tf.io.decode_png(encoded, channels=3, dtype=tf.uint16).numpy()
+    except tf.errors.OpError as error:
+        raise OSError(str(error)) from None
+    return decoded.astype(np.float32) / np.float32(65535)

@@ -1,39 +1,40 @@
-"""The index-based tf.data pipeline every source shares.
+"""The data path every source shares: which examples, in what order, as what pixels.
 
-A source supplies, per split, the labels and a TensorFlow function that reads
-image `i`. Everything else happens here, the same way for all sources: which
-indices an epoch visits and in what order, which of them each process reads,
-decoding, resizing, normalising, batching, and padding the test split with
-masked copies so evaluation counts every example exactly once.
+A source supplies, per split, the labels and a function that loads images by
+index, already at the run's size: "pixels", uint8 for 8-bit images (as the
+seed's own Resize on a PIL image gives them) or float32 in [0, 1] otherwise.
+Everything else happens here, the same way for all sources: which indices an
+epoch visits and in what order, which of them each process reads, padding
+the test split with masked copies so evaluation counts every example
+exactly once, and `prepare`, the pure function that turns pixels into the
+model's input (scaling, augmentation, normalisation) inside the compiled
+step.
 
-The order is a pure function of (seed, epoch), and a process's share is a
-slice of each global batch, so a resumed run reads the same batches as an
-uninterrupted one and P processes together read what one process would.
+Pixels reach the step in one of two ways, with the same values: batches
+loaded on the host (`train_batches`, `test_batches`, streamed from the
+source a few batches ahead), or gathered on the device from a whole split
+loaded once (`split_pixels`), by the same indices.
+
+The order is a pure function of (seed, epoch), augmentation a pure function
+of (seed, epoch, example), and a process's share is a slice of each global
+batch, so a resumed run reads the same batches as an uninterrupted one and P
+processes together read what one process would.
 """
 
+import concurrent.futures
 import dataclasses
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
-import tensorflow as tf
+from PIL import Image
 
 from fmjax.errors import UserError
 
-
-def _hide_gpus_from_tensorflow() -> None:
-    # TensorFlow only feeds the input pipeline; left alone it would reserve
-    # accelerator memory that JAX needs.
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:
-        # TensorFlow was initialised before fmjax was imported; its devices
-        # can no longer change, so whoever initialised it chose already.
-        pass
-
-
-_hide_gpus_from_tensorflow()
-
 Batch = dict[str, np.ndarray]
+# Batches loaded ahead of the one the step reads.
+_PREFETCH_BATCHES = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,40 +43,65 @@ class Split:
 
     Attributes:
       labels: int32 [num_examples], the class of each example.
-      read_image: maps a scalar int64 index tensor to that example's image,
-        float32 [height, width, channels] in [0, 1] with 1 or 3 channels.
-      find_unreadable: given the indices of a stream that failed to decode,
-        in order, returns the UserError naming the first bad one, or None when
-        the split cannot hold unreadable examples or none is found.
+      load: int indices [n] -> pixels [n, H, W, 3] at the run's size, of
+        `pixel_dtype`; it raises a UserError naming an example it cannot read.
+      pixel_dtype: uint8 (8-bit images) or float32 (values in [0, 1]).
     """
 
     labels: np.ndarray
-    read_image: Callable[[tf.Tensor], tf.Tensor]
-    find_unreadable: Callable[[np.ndarray], UserError | None] | None = None
+    load: Callable[[np.ndarray], np.ndarray]
+    pixel_dtype: np.dtype
 
     @property
     def num_examples(self) -> int:
         return len(self.labels)
 
 
-def in_memory_split(images: np.ndarray, labels: np.ndarray) -> Split:
-    """A split whose images are one array, uint8 in [0, 255] or float in [0, 1].
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """One image [h, w, c] (c 1, 3 or 4) as RGB [size, size, 3], resized as torchvision's Resize does.
+
+    PIL's bilinear filter, which averages the pixels under each output pixel
+    when shrinking. uint8 stays uint8, as PIL rounds it; float32 in [0, 1]
+    stays float32, each channel resized on its own.
+    """
+    channels = image[..., :3] if image.shape[-1] == 4 else image
+    if channels.shape[:2] != (size, size):
+        if channels.dtype == np.uint8:
+            squeezed = channels[..., 0] if channels.shape[-1] == 1 else channels
+            resized = np.asarray(Image.fromarray(squeezed).resize((size, size), Image.BILINEAR))
+            channels = resized.reshape(size, size, -1)
+        else:
+            channels = np.stack(
+                [
+                    np.asarray(
+                        Image.fromarray(channels[..., c].astype(np.float32), mode="F").resize(
+                            (size, size), Image.BILINEAR
+                        )
+                    )
+                    for c in range(channels.shape[-1])
+                ],
+                axis=-1,
+            )
+    if channels.shape[-1] == 1:
+        channels = np.repeat(channels, 3, axis=-1)
+    return np.ascontiguousarray(channels)
+
+
+def array_split(images: np.ndarray, labels: np.ndarray, image_size: int) -> Split:
+    """A split whose images are one array, uint8 in [0, 255] or float in [0, 1], resized once.
 
     Args:
       images: [num_examples, height, width, channels], channels 1 or 3.
       labels: [num_examples] class indices.
+      image_size: the run's image size.
     """
-    images_tensor = tf.constant(images)
-    scale = uint8_to_unit_range if images.dtype == np.uint8 else tf.identity
+    dtype = np.uint8 if images.dtype == np.uint8 else np.float32
+    pixels = np.stack([resize_image(image.astype(dtype), image_size) for image in images])
     return Split(
         labels=np.asarray(labels, np.int32),
-        read_image=lambda index: scale(tf.gather(images_tensor, index)),
+        load=lambda indices: pixels[np.asarray(indices)],
+        pixel_dtype=np.dtype(dtype),
     )
-
-
-def uint8_to_unit_range(image: tf.Tensor) -> tf.Tensor:
-    """float32 pixels in [0, 1] from uint8 ones, as torchvision's ToTensor scales them."""
-    return tf.cast(image, tf.float32) / 255.0
 
 
 def shuffled_train_indices(
@@ -117,7 +143,7 @@ def padded_test_indices(
     is_real = positions < num_test
     indices = np.where(is_real, positions, 0)
     return (
-        _process_slice(indices, process_index, process_count),
+        _process_slice(indices, process_index, process_count).astype(np.int32),
         _process_slice(is_real.astype(np.float32), process_index, process_count),
     )
 
@@ -128,6 +154,12 @@ def _process_slice(
     local_batch = global_batches.shape[1] // process_count
     start = process_index * local_batch
     return global_batches[:, start : start + local_batch]
+
+
+def example_keys(seed: int, epoch: jnp.ndarray, indices: jnp.ndarray) -> jax.Array:
+    """One PRNG key per example, from (seed, epoch, example index) alone."""
+    epoch_key = jax.random.fold_in(jax.random.key(seed), epoch)
+    return jax.vmap(lambda index: jax.random.fold_in(epoch_key, index))(indices)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,28 +179,32 @@ class Augmentation:
     def enabled(self) -> bool:
         return self.random_crop_padding > 0 or self.horizontal_flip
 
-    def apply(self, image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        """`image` [H, W, C] in [0, 1], changed as `seed` (int64 [2]) decides."""
-        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    def apply(self, images: jnp.ndarray, keys: jax.Array) -> jnp.ndarray:
+        """`images` [B, H, W, C], each changed as its key in `keys` [B] decides."""
+        return jax.vmap(self._apply_one)(images, keys)
+
+    def _apply_one(self, image: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
+        crop_key, flip_key = jax.random.split(key)
         if self.random_crop_padding > 0:
-            height, width, channels = image.shape
             pad = self.random_crop_padding
-            image = tf.image.pad_to_bounding_box(image, pad, pad, height + 2 * pad, width + 2 * pad)
-            image = tf.image.stateless_random_crop(image, (height, width, channels), seed=crop_seed)
+            height, width, channels = image.shape
+            padded = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+            top, left = jax.random.randint(crop_key, (2,), 0, 2 * pad + 1)
+            image = jax.lax.dynamic_slice(padded, (top, left, 0), (height, width, channels))
         if self.horizontal_flip:
-            image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+            image = jnp.where(jax.random.bernoulli(flip_key), image[:, ::-1], image)
         return image
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """A data set ready to batch: sizes, class names and the two splits.
+    """A data set ready to batch: sizes, class names, the two splits and their preprocessing.
 
     Attributes:
       name: what the data set is called in logs.
       class_names: one name per class, in label order.
       image_shape: (image_size, image_size, 3), the shape of every image.
-      seed: decides the training order of every epoch.
+      seed: decides the training order of every epoch, and the augmentation.
       train_split, test_split: the examples, read by index.
       pixel_mean, pixel_std: per-channel normalisation applied after scaling
         to [0, 1], or None to keep pixels in [0, 1].
@@ -207,6 +243,46 @@ class Dataset:
         _check_positive_batch_size(global_batch_size)
         return -(-self.num_test // global_batch_size)
 
+    def pixel_bytes(self) -> int:
+        """Bytes of both splits' pixels at the run's size: what keeping them in memory costs."""
+        per_image = int(np.prod(self.image_shape))
+        return sum(
+            split.num_examples * per_image * split.pixel_dtype.itemsize
+            for split in (self.train_split, self.test_split)
+        )
+
+    def train_indices(
+        self,
+        epoch: int,
+        global_batch_size: int,
+        *,
+        start_batch: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+    ) -> np.ndarray:
+        """int32 [num_batches - start_batch, global_batch_size // process_count]: this process's share of each batch."""
+        num_batches = self.steps_per_epoch(global_batch_size)
+        _check_processes(global_batch_size, process_index, process_count)
+        if not 0 <= start_batch <= num_batches:
+            raise ValueError(f"start_batch {start_batch} is outside [0, {num_batches}]")
+        return shuffled_train_indices(
+            self.seed,
+            epoch,
+            self.num_train,
+            global_batch_size,
+            start_batch,
+            process_index,
+            process_count,
+        ).astype(np.int32)
+
+    def test_indices(
+        self, global_batch_size: int, *, process_index: int = 0, process_count: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, mask), each [num_test_batches, local batch]; see padded_test_indices."""
+        _check_positive_batch_size(global_batch_size)
+        _check_processes(global_batch_size, process_index, process_count)
+        return padded_test_indices(self.num_test, global_batch_size, process_index, process_count)
+
     def train_batches(
         self,
         epoch: int,
@@ -216,53 +292,65 @@ class Dataset:
         process_index: int = 0,
         process_count: int = 1,
     ) -> Iterator[Batch]:
-        """This process's share of epoch `epoch`, from global batch start_batch on.
+        """This process's share of epoch `epoch`, from global batch start_batch on, loaded on the host.
 
-        Yields {"image": float32 [b, H, W, 3], "label": int32 [b]} with
-        b = global_batch_size // process_count. Skipped batches are never read.
+        Yields {"image": pixels [b, H, W, 3], "label": int32 [b], "index":
+        int32 [b]} with b = global_batch_size // process_count; `prepare`
+        turns one into the model's input. Skipped batches are never read.
         """
-        num_batches = self.steps_per_epoch(global_batch_size)
-        _check_processes(global_batch_size, process_index, process_count)
-        if not 0 <= start_batch <= num_batches:
-            raise ValueError(
-                f"start_batch {start_batch} is outside [0, {num_batches}]"
-            )
-        indices = shuffled_train_indices(
-            self.seed,
+        indices = self.train_indices(
             epoch,
-            self.num_train,
             global_batch_size,
-            start_batch,
-            process_index,
-            process_count,
+            start_batch=start_batch,
+            process_index=process_index,
+            process_count=process_count,
         )
-        augment_seeds = None
-        if self.augmentation.enabled:
-            # Each example's randomness depends on the run's seed, the epoch and
-            # the example alone, so a resumed run draws the same crops and flips.
-            augment_seeds = np.stack(
-                [
-                    np.full(indices.size, self.seed * 1_000_003 + epoch, np.int64),
-                    indices.reshape(-1).astype(np.int64),
-                ],
-                axis=1,
-            )
-        return self._batches(self.train_split, indices, mask=None, augment_seeds=augment_seeds)
+        return _loaded_ahead(self.train_split, indices, masks=None)
 
     def test_batches(
         self, global_batch_size: int, *, process_index: int = 0, process_count: int = 1
     ) -> Iterator[Batch]:
-        """This process's share of the test split, in order, padded and masked.
+        """This process's share of the test split, in order, padded and masked, loaded on the host.
 
-        Yields {"image", "label", "mask": float32 [b]}; mask is 1.0 for a real
-        example and 0.0 for padding.
+        Yields {"image", "label", "index", "mask": float32 [b]}; mask is 1.0
+        for a real example and 0.0 for padding.
         """
-        _check_positive_batch_size(global_batch_size)
-        _check_processes(global_batch_size, process_index, process_count)
-        indices, mask = padded_test_indices(
-            self.num_test, global_batch_size, process_index, process_count
+        indices, masks = self.test_indices(
+            global_batch_size, process_index=process_index, process_count=process_count
         )
-        return self._batches(self.test_split, indices, mask)
+        return _loaded_ahead(self.test_split, indices, masks)
+
+    def prepare(self, batch: dict, epoch: Optional[jnp.ndarray] = None) -> dict:
+        """The model's input from a batch of pixels: a pure function, run inside the compiled step.
+
+        Scales pixels to float32 [0, 1] (uint8 as torchvision's ToTensor
+        does), augments training images (when `epoch` is given) from (seed,
+        epoch, example index), then normalises.
+
+        Args:
+          batch: {"image": pixels [B, H, W, 3], "index": int [B], ...}; the
+            index is needed only to augment.
+          epoch: the training epoch; None for evaluation (no augmentation).
+
+        Returns:
+          `batch` with "image" float32 [B, H, W, 3] and without "index".
+        """
+        batch = dict(batch)
+        indices = batch.pop("index", None)
+        images = batch["image"]
+        images = (
+            images.astype(jnp.float32) / 255.0
+            if images.dtype == jnp.uint8
+            else images.astype(jnp.float32)
+        )
+        if epoch is not None and self.augmentation.enabled:
+            images = self.augmentation.apply(images, example_keys(self.seed, epoch, indices))
+        if self.pixel_mean is not None:
+            images = (images - jnp.asarray(self.pixel_mean, jnp.float32)) / jnp.asarray(
+                self.pixel_std, jnp.float32
+            )
+        batch["image"] = images
+        return batch
 
     def _check_train_batch_size(self, global_batch_size: int) -> None:
         _check_positive_batch_size(global_batch_size)
@@ -272,68 +360,40 @@ class Dataset:
                 f"{self.num_train} training examples of {self.name}; lower the batch size"
             )
 
-    def _preprocess(self, image: tf.Tensor, augment_seed: tf.Tensor | None = None) -> tf.Tensor:
-        height, width = self.image_shape[:2]
-        # Antialiasing makes downscaling average pixels the way PIL's resize
-        # (and so torchvision's) does, instead of skipping them.
-        image = tf.image.resize(image, (height, width), antialias=True)
-        if image.shape[-1] == 1:
-            image = tf.image.grayscale_to_rgb(image)
-        if augment_seed is not None:
-            image = self.augmentation.apply(tf.ensure_shape(image, self.image_shape), augment_seed)
-        if self.pixel_mean is not None:
-            image = (image - self.pixel_mean) / self.pixel_std
-        return tf.ensure_shape(image, self.image_shape)
 
-    def _batches(
-        self,
-        split: Split,
-        indices: np.ndarray,
-        mask: np.ndarray | None,
-        augment_seeds: np.ndarray | None = None,
-    ) -> Iterator[Batch]:
-        num_batches, local_batch = indices.shape
-        flat_indices = indices.reshape(-1).astype(np.int64)
-        columns = {"index": flat_indices, "label": split.labels[flat_indices]}
-        if mask is not None:
-            columns["mask"] = mask.reshape(-1)
-        if augment_seeds is not None:
-            columns["augment_seed"] = augment_seeds
-
-        def read_example(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-            image = split.read_image(example.pop("index"))
-            image = self._preprocess(image, example.pop("augment_seed", None))
-            return {"image": image, **example}
-
-        stream = (
-            tf.data.Dataset.from_tensor_slices(columns)
-            .map(read_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .batch(local_batch)
-            .prefetch(tf.data.AUTOTUNE)
-        )
-        return _batches_naming_unreadable(
-            stream.as_numpy_iterator(), num_batches, indices, split
-        )
+def split_pixels(split: Split) -> dict[str, np.ndarray]:
+    """A whole split in memory: {"image": pixels [n, H, W, 3], "label": int32 [n]}."""
+    return {"image": split.load(np.arange(split.num_examples)), "label": split.labels}
 
 
-def _batches_naming_unreadable(
-    numpy_batches: Iterator[Batch], num_batches: int, indices: np.ndarray, split: Split
+def in_memory(split: Split) -> Split:
+    """`split` loaded whole once, then served from memory."""
+    pixels = split.load(np.arange(split.num_examples))
+    return Split(split.labels, lambda indices: pixels[np.asarray(indices)], split.pixel_dtype)
+
+
+def _loaded_ahead(
+    split: Split, indices: np.ndarray, masks: Optional[np.ndarray]
 ) -> Iterator[Batch]:
-    # A decode error inside tf.data names no file; the indices of the batch
-    # that failed and those after it let the source find which one it was.
-    for batch_number in range(num_batches):
-        try:
-            batch = next(numpy_batches)
-        except tf.errors.OpError:
-            unreadable = (
-                split.find_unreadable(indices[batch_number:].reshape(-1))
-                if split.find_unreadable
-                else None
-            )
-            if unreadable is None:
-                raise
-            raise unreadable from None
-        yield batch
+    """Batches of `split` at the rows of `indices`, each loaded while the ones before it are used."""
+
+    def load(row: int) -> Batch:
+        batch = {
+            "image": split.load(indices[row]),
+            "label": split.labels[indices[row]],
+            "index": indices[row].astype(np.int32),
+        }
+        if masks is not None:
+            batch["mask"] = masks[row]
+        return batch
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as loader:
+        ahead = [loader.submit(load, row) for row in range(min(_PREFETCH_BATCHES, len(indices)))]
+        for row in range(len(indices)):
+            batch = ahead.pop(0).result()
+            if row + _PREFETCH_BATCHES < len(indices):
+                ahead.append(loader.submit(load, row + _PREFETCH_BATCHES))
+            yield batch
 
 
 def _check_positive_batch_size(global_batch_size: int) -> None:

@@ -11,9 +11,9 @@ fmjax never downloads: a data set has to be prepared beforehand.
 """
 
 import numpy as np
-import tensorflow_datasets as tfds
 
-from fmjax.data.pipeline import Split, in_memory_split
+from fmjax.data.pipeline import Split, array_split
+from fmjax.data.tensorflow_import import import_tensorflow
 from fmjax.errors import UserError
 
 _SPLITS = ("train", "test")
@@ -22,7 +22,7 @@ _READ_BATCH_SIZE = 1024
 
 
 def tfds_splits(
-    name: str, data_dir: str, num_classes_if_unnamed: int
+    name: str, data_dir: str, num_classes_if_unnamed: int, image_size: int
 ) -> tuple[list[str], Split, Split]:
     """Class names and the (train, test) splits of the TFDS data set `name`.
 
@@ -31,7 +31,11 @@ def tfds_splits(
       data_dir: where the data set was prepared; "" for the TFDS default.
       num_classes_if_unnamed: the class count to use when the label feature
         does not say (it is not a ClassLabel).
+      image_size: the images are resized to image_size x image_size once.
     """
+    import_tensorflow()
+    import tensorflow_datasets as tfds  # noqa: PLC0415 - seconds to import; only this source needs it
+
     try:
         builder = tfds.builder(name, data_dir=data_dir or None)
     except tfds.core.DatasetNotFoundError:
@@ -60,13 +64,14 @@ def tfds_splits(
             f"{', '.join(builder.info.splits)}); choose a data set with train and test splits"
         )
     train_split, test_split = (
-        _read_split(builder, split, image_key, label_key, data_dir) for split in _SPLITS
+        _read_split(tfds, builder, split, image_key, label_key, data_dir, image_size)
+        for split in _SPLITS
     )
     return class_names, train_split, test_split
 
 
 def _read_split(
-    builder: tfds.core.DatasetBuilder, split: str, image_key: str, label_key: str, data_dir: str
+    tfds, builder, split: str, image_key: str, label_key: str, data_dir: str, image_size: int
 ) -> Split:
     try:
         examples = builder.as_dataset(split=split)
@@ -82,4 +87,4 @@ def _read_split(
     for batch in tfds.as_numpy(examples.batch(_READ_BATCH_SIZE)):
         images.append(batch[image_key])
         labels.append(batch[label_key])
-    return in_memory_split(np.concatenate(images), np.concatenate(labels))
+    return array_split(np.concatenate(images), np.concatenate(labels), image_size)
