@@ -26,12 +26,16 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from jax.experimental import multihost_utils
+
 from fmjax import checkpoint as ckpt
-from fmjax.data import Dataset, load_dataset
-from fmjax.evaluation import evaluate
+from fmjax.allocator import use_freed_memory_again
+from fmjax.data import Dataset, cache_placement, load_dataset
+from fmjax.data.pipeline import in_memory, split_pixels
+from fmjax.evaluation import evaluate, test_metrics
 from fmjax.models import create_model
 from fmjax.optim import create_learning_rate_schedule, create_optimizer
-from fmjax.parallel import abstract_state, parallel_from_config
+from fmjax.parallel import DataParallel, abstract_state, parallel_from_config
 from fmjax.preemption import Preempted, watch_for_sigterm
 from fmjax.state import create_train_state
 from fmjax.tensorboard import EpochSummaries
@@ -154,6 +158,90 @@ def keep_metrics_through(workdir: str, last_epoch: int) -> None:
         os.replace(path + ".tmp", path)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    """Where training and evaluation read their pixels from (see fmjax.data.cache_placement).
+
+    Attributes:
+      placement: "device" (both splits on every device, batches gathered
+        there inside the compiled loop), "host" (both splits in host memory)
+        or "none" (loaded from the source batch by batch).
+      train, test: the device copies of the splits, with "device".
+    """
+
+    placement: str
+    train: Any = None
+    test: Any = None
+
+
+def place_data(
+    dataset: Dataset, parallel: DataParallel, placement: str
+) -> tuple[Dataset, TrainingData]:
+    """Loads both splits once into host memory or onto the devices, as `placement` says.
+
+    Returns:
+      The data set (with "host", its splits now read from memory) and where
+      the pixels are.
+    """
+    if placement == "none":
+        return dataset, TrainingData("none")
+    started = time.perf_counter()
+    dataset = dataclasses.replace(
+        dataset, train_split=in_memory(dataset.train_split), test_split=in_memory(dataset.test_split)
+    )
+    data = TrainingData("host")
+    if placement == "device":
+        data = TrainingData(
+            "device",
+            parallel.put_data(split_pixels(dataset.train_split)),
+            parallel.put_data(split_pixels(dataset.test_split)),
+        )
+    log(
+        f"{dataset.num_train + dataset.num_test} images loaded into {placement} memory "
+        f"({dataset.pixel_bytes() / 2**20:.1f} MiB) in {time.perf_counter() - started:.1f} s"
+    )
+    return dataset, data
+
+
+def evaluate_placed(
+    parallel: DataParallel, device_state: Any, dataset: Dataset, data: TrainingData, batch_size: int
+) -> dict[str, Any]:
+    """Test loss, accuracy and confusion matrix, from the devices' copy of the test split if there is one."""
+    if data.placement != "device":
+        return evaluate(parallel, device_state, dataset, batch_size)
+    indices, masks = dataset.test_indices(
+        batch_size, process_index=jax.process_index(), process_count=jax.process_count()
+    )
+    sums = parallel.eval_loop(
+        device_state, data.test, parallel.put_indices(indices), parallel.put_indices(masks)
+    )
+    return test_metrics(jax.device_get(sums))
+
+
+class StepsPerCall:
+    """How many steps the next compiled call runs: about `seconds` of work, the same on every process.
+
+    The host checks for SIGTERM, due checkpoints and the epoch's end between
+    calls, so the count bounds how long a stop waits. It grows from one step
+    (the compilation) as the measured step time allows.
+    """
+
+    def __init__(self, seconds: float):
+        self._seconds = seconds
+        self._count = 1
+
+    def next(self, remaining: int) -> int:
+        return max(1, min(self._count, remaining))
+
+    def measured(self, steps: int, seconds: float) -> None:
+        per_step = seconds / max(steps, 1)
+        count = int(self._seconds / per_step) if per_step > 0 else self._count * 2
+        count = max(1, min(count, 2 * max(self._count, steps)))
+        if jax.process_count() > 1:
+            count = int(multihost_utils.broadcast_one_to_all(np.int32(count)))
+        self._count = count
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str
 ) -> dict[str, Any]:
@@ -173,9 +261,11 @@ def train_and_evaluate(
       NonFiniteError: a step became NaN or Inf (with config.halt_on_nonfinite).
     """
     # ---- Data and devices.
+    use_freed_memory_again()
     dataset = load_dataset(config, report=log)
-    parallel = parallel_from_config(config)
+    parallel = parallel_from_config(config, prepare=dataset.prepare)
     steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
+    placement = cache_placement(config, dataset)
 
     with contextlib.ExitStack() as on_exit:
         on_exit.enter_context(hold_workdir(workdir))
@@ -204,6 +294,7 @@ def train_and_evaluate(
             )
         device_state = parallel.put_state(state)
         del state
+        dataset, data = place_data(dataset, parallel, placement)
 
         if is_logging_process():
             with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
@@ -213,68 +304,96 @@ def train_and_evaluate(
         # The rate the last step of an epoch used, for the logs.
         learning_rate = create_learning_rate_schedule(config, steps_per_epoch)
         keep_metrics_through(workdir, start_epoch)
+        steps_per_call = StepsPerCall(config.host_check_seconds)
+        compiled = False  # the first call compiles; images per second leave it out
 
         def save(epoch: int, next_batch: int, sums: TrainSums) -> None:
             meta = checkpoint_meta(dataset, config, epoch, next_batch, sums)
             ckpt.save_checkpoint(manager, parallel.get_state(device_state), meta)
 
-        def add_checked(sums: TrainSums, pending: list[dict], last_step: int) -> TrainSums:
+        def add_checked(sums: TrainSums, host_metrics: list[dict], last_step: int) -> TrainSums:
             # Before every save: the steps since the last one must be finite.
-            host_metrics = jax.device_get(pending)
-            bad_step = first_nonfinite_step(host_metrics, last_step - len(pending) + 1)
+            bad_step = first_nonfinite_step(host_metrics, last_step - len(host_metrics) + 1)
             if config.halt_on_nonfinite and bad_step is not None:
                 raise NonFiniteError(bad_step, saved_step, str(manager.directory))
             return add_step_metrics(sums, host_metrics)
 
-        # ---- The loop.
+        # ---- The loop: calls of several steps, host events between them.
         record: dict[str, Any] = {}
+        on_epoch_exit = on_exit.enter_context(contextlib.ExitStack())
         for epoch in range(start_epoch, config.num_epochs):
-            first_batch = start_batch if epoch == start_epoch else 0
-            batches = dataset.train_batches(
-                epoch,
-                config.batch_size,
-                start_batch=first_batch,
-                process_index=jax.process_index(),
-                process_count=jax.process_count(),
+            batch_index = start_batch if epoch == start_epoch else 0
+            process = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+            if data.placement == "device":
+                epoch_indices = parallel.put_indices(
+                    dataset.train_indices(epoch, config.batch_size, **process)
+                )
+            else:
+                host_batches = iter(
+                    dataset.train_batches(epoch, config.batch_size, start_batch=batch_index, **process)
+                )
+            # Closed before any exception's message is printed: a bar left
+            # on the line would run into it.
+            progress = on_epoch_exit.enter_context(
+                tqdm.tqdm(
+                    total=steps_per_epoch,
+                    initial=batch_index,
+                    desc=f"epoch {epoch + 1}/{config.num_epochs}",
+                    disable=not is_logging_process(),
+                    leave=False,
+                )
             )
-            progress = tqdm.tqdm(
-                batches,
-                total=steps_per_epoch - first_batch,
-                desc=f"epoch {epoch + 1}/{config.num_epochs}",
-                disable=not is_logging_process(),
-                leave=False,
-            )
-            pending: list[dict] = []  # metrics of the steps not yet added to sums
-            stop = False
-            timed_start, timed_steps = None, 0
-            for batch_index, batch in enumerate(progress, start=first_batch):
-                device_state, metrics = parallel.train_step(device_state, parallel.put_batch(batch))
-                pending.append(metrics)
-                if len(pending) > MAX_STEPS_IN_FLIGHT:
-                    jax.block_until_ready(pending[-MAX_STEPS_IN_FLIGHT - 1])
-                if timed_start is None:  # the first step compiles; time the rest
-                    jax.block_until_ready(metrics)
-                    timed_start = time.perf_counter()
+            stop, timed_seconds, timed_steps = False, 0.0, 0
+            while batch_index < steps_per_epoch and not stop:
+                step = epoch * steps_per_epoch + batch_index
+                every = config.checkpoint_every_steps
+                until_due = every - step % every if every > 0 else steps_per_epoch
+                count = steps_per_call.next(min(until_due, steps_per_epoch - batch_index))
+                started = time.perf_counter()
+                if data.placement == "device":
+                    device_state, metrics = parallel.train_loop(
+                        device_state, data.train, epoch_indices, epoch, batch_index, count
+                    )
+                    metrics = jax.device_get(metrics)
+                    host_metrics = [
+                        {k: v[i] for k, v in metrics.items()}
+                        for i in range(batch_index, batch_index + count)
+                    ]
                 else:
-                    timed_steps += 1
-                step = epoch * steps_per_epoch + batch_index + 1
-                stop = should_stop(step)
-                due = config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0
-                if (due or stop) and batch_index + 1 < steps_per_epoch:  # the epoch's end saves anyway
-                    sums, pending = add_checked(sums, pending, step), []
-                    save(epoch, batch_index + 1, sums)
+                    host_metrics = []
+                    for _ in range(count):
+                        device_state, metrics = parallel.train_step(
+                            device_state, parallel.put_batch(next(host_batches)), epoch
+                        )
+                        host_metrics.append(metrics)
+                        if len(host_metrics) > MAX_STEPS_IN_FLIGHT:
+                            jax.block_until_ready(host_metrics[-MAX_STEPS_IN_FLIGHT - 1])
+                    host_metrics = jax.device_get(host_metrics)
+                elapsed = time.perf_counter() - started
+                if compiled:
+                    timed_seconds, timed_steps = timed_seconds + elapsed, timed_steps + count
+                compiled = True
+                steps_per_call.measured(count, elapsed)
+                sums = add_checked(sums, host_metrics, step + count)
+                batch_index += count
+                step += count
+                progress.update(count)
+                # Every process asks about every step, so several processes agree on the stop.
+                stop = any([should_stop(s) for s in range(step - count + 1, step + 1)])
+                due = every > 0 and step % every == 0
+                if (due or stop) and batch_index < steps_per_epoch:  # the epoch's end saves anyway
+                    save(epoch, batch_index, sums)
                     saved_step = step
                     if stop:
                         raise Preempted(step, str(manager.directory))
+            on_epoch_exit.close()
 
-            # ---- The epoch's end: check, evaluate, log, save.
+            # ---- The epoch's end: evaluate, log, save.
             step = (epoch + 1) * steps_per_epoch
-            sums, pending = add_checked(sums, pending, step), []
-            elapsed = time.perf_counter() - timed_start if timed_start is not None else 0.0
             if stop:  # at the epoch's last step: evaluating is left to the resumed run
                 save(epoch, steps_per_epoch, sums)
                 raise Preempted(step, str(manager.directory))
-            test = evaluate(parallel, device_state, dataset, config.batch_size)
+            test = evaluate_placed(parallel, device_state, dataset, data, config.batch_size)
             record = {
                 "epoch": epoch + 1,
                 "step": step,
@@ -282,7 +401,9 @@ def train_and_evaluate(
                 "train_accuracy": sums.accuracy / sums.steps if sums.steps else float("nan"),
                 "test_loss": test["loss"],
                 "test_accuracy": test["accuracy"],
-                "images_per_second": timed_steps * config.batch_size / elapsed if elapsed > 0 else float("nan"),
+                "images_per_second": (
+                    timed_steps * config.batch_size / timed_seconds if timed_seconds > 0 else float("nan")
+                ),
             }
             log(
                 f"epoch {record['epoch']}/{config.num_epochs}  step {record['step']}  "
@@ -312,7 +433,7 @@ def train_and_evaluate(
                 save(epoch + 1, 0, sums)
                 saved_step = step
 
-    if not record:  # the checkpoint already held a finished run
-        test = evaluate(parallel, device_state, dataset, config.batch_size)
-        record = {"epoch": config.num_epochs, "step": saved_step, "test_loss": test["loss"], "test_accuracy": test["accuracy"]}
+        if not record:  # the checkpoint already held a finished run
+            test = evaluate_placed(parallel, device_state, dataset, data, config.batch_size)
+            record = {"epoch": config.num_epochs, "step": saved_step, "test_loss": test["loss"], "test_accuracy": test["accuracy"]}
     return record
