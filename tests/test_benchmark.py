@@ -38,18 +38,22 @@ def test_train_steps_of_both_frameworks_and_their_ratios():
     assert [(r["framework"], r["variant"]) for r in results] == [
         ("fmjax", "pmap"),
         ("fmjax", "jit"),
+        ("fmjax", "pmap loop"),
+        ("fmjax", "jit loop"),
         ("torch", "eager"),
     ]
     for result in results:
         assert result["image_size"] == SIZE and result["batch_size"] == BATCH
         assert _positive_finite(result["images_per_s"])
-        assert result["images_per_s"] == pytest.approx(BATCH / result["timing"]["median_s"])
+        steps = result.get("steps_per_call", 1)
+        assert steps == (benchmark.LOOP_STEPS if "loop" in result["variant"] else 1)
+        assert result["images_per_s"] == pytest.approx(steps * BATCH / result["timing"]["median_s"])
     assert results[0]["devices"] == 8
 
     ratios = benchmark.step_ratios(results)
-    assert len(ratios) == 2
-    torch_rate = results[2]["images_per_s"]
-    for ratio, mine in zip(ratios, results[:2]):
+    assert len(ratios) == 4
+    torch_rate = results[4]["images_per_s"]
+    for ratio, mine in zip(ratios, results[:4]):
         assert (ratio["fmjax"], ratio["torch"]) == (mine["variant"], "eager")
         assert ratio["ratio"] == pytest.approx(mine["images_per_s"] / torch_rate)
 
