@@ -117,6 +117,7 @@ def parse_flags(
     if path is None:
         raise UserError("no config given; pass --config configs/default.py (or another file in configs/)")
     _check_config_file(path)
+    _forget_previous_config_module()
     try:
         flag_values(list(argv))
     except flags.Error as e:
@@ -142,6 +143,19 @@ def parse_flags(
         "runs", os.path.splitext(os.path.basename(path))[0]
     )
     return flag_values, config, workdir
+
+
+def _forget_previous_config_module() -> None:
+    # ml_collections loads a config file as the module "config_config" and, if one is
+    # loaded already (a second command in one process), runs the new file in
+    # the old module's namespace: a file without get_config() would silently
+    # use the previous file's.
+    import importlib.machinery
+
+    name = "config_config"  # the flag's name, twice
+    loader = getattr(sys.modules.get(name), "__loader__", None)
+    if isinstance(loader, importlib.machinery.SourceFileLoader) and loader.name == name:
+        del sys.modules[name]
 
 
 def _check_config_file(path: str) -> None:
