@@ -212,6 +212,7 @@ def launch_local(
         for i in range(num_processes)
     ]
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    grace_s = 10
     try:
         while True:
             statuses = [p.poll() for p in processes]
@@ -220,6 +221,9 @@ def launch_local(
                 index, status = failed[0]
                 if any(s is None for s in statuses):
                     _say(f"process {index} {_ended(status)}; stopping the other processes")
+                # After a SIGTERM (143) the others are saving the same step;
+                # after any other end they wait on the missing process forever.
+                grace_s = 10 if shell_status(status) == 143 else 2
                 return shell_status(status)
             if all(s == 0 for s in statuses):
                 return 0
@@ -228,7 +232,7 @@ def launch_local(
                 return 124
             time.sleep(poll_interval_s)
     finally:
-        _stop(processes)
+        _stop(processes, grace_s)
 
 
 def shell_status(status: int) -> int:

@@ -260,6 +260,7 @@ def test_a_sigkill_of_one_process_ends_the_others_with_a_clear_line(tmp_path):
             "--config", DEFAULT_CONFIG, "--workdir", str(workdir), *TINY, "--config.checkpoint_every_steps=1",
         ],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=ROOT),  # this checkout's fmjax, as train.py's children get
     )
     try:
         wait_for_step(workdir, 2, [launcher])
