@@ -61,6 +61,9 @@ def checkpoint_manager(
         memory and writes them in a background thread; `wait_until_finished`
         waits for the write.
     """
+    directory = checkpoint_dir(workdir)
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        raise UserError(f"{directory} is not a folder; move it away, fmjax keeps the run's checkpoints there")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         create=create,
@@ -69,7 +72,7 @@ def checkpoint_manager(
     )
     # Naming the handlers up front lets a fresh manager read an item's metadata.
     handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
+    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
 class CheckpointWriteError(WriteFailure):
@@ -469,7 +472,7 @@ def newest_meta(workdir: str) -> Optional[tuple[int, dict]]:
 
     A step whose meta fails to read is left for `restore_newest_readable` to judge.
     """
-    if not os.path.isdir(checkpoint_dir(workdir)):
+    if not os.path.lexists(checkpoint_dir(workdir)):
         return None
     manager = checkpoint_manager(workdir, create=False)
     try:

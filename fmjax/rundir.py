@@ -116,6 +116,10 @@ def _new_temporary_file(path: str) -> Iterator[tuple[int, str]]:
             os.unlink(temporary)
 
 
+def _not_a_file(path: str) -> UserError:
+    return UserError(f"{path} is a folder (or under a file); move it away, fmjax writes a file there")
+
+
 def write_file_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
     """Writes `data` as the whole of `path`: a temporary file in its folder, synced, then renamed.
 
@@ -132,6 +136,8 @@ def write_file_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
             os.fchmod(descriptor, mode)
             os.fsync(descriptor)
             os.replace(temporary, path)
+    except (IsADirectoryError, NotADirectoryError):
+        raise _not_a_file(path) from None
     except OSError as error:
         cause = describe_write_failure(error)
         if cause is None:
@@ -150,6 +156,8 @@ def write_file_with(path: str, write: Callable[[str], None]) -> None:
             os.close(descriptor)
             write(temporary)
             os.replace(temporary, path)
+    except (IsADirectoryError, NotADirectoryError):
+        raise _not_a_file(path) from None
     except OSError as error:
         cause = describe_write_failure(error)
         if cause is None:
@@ -179,9 +187,10 @@ def _read_regular_file(path: str) -> Optional[bytes]:
         if error.errno == errno.ELOOP:
             refuse_link(path)
         raise UserError(f"cannot read {path} ({error.strerror}); fix its permissions") from None
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise UserError(f"{path} is not a regular file; move it away (fmjax writes a file there)")
     with os.fdopen(descriptor, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise UserError(f"{path} is not a regular file; move it away (fmjax writes it)")
         return f.read()
 
 
