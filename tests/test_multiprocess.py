@@ -273,7 +273,8 @@ def test_a_sigkill_of_one_process_ends_the_others_with_a_clear_line(tmp_path):
         if launcher.poll() is None:
             launcher.kill()
     assert launcher.returncode == 128 + signal.SIGKILL, err[-2000:]
-    lines = [line for line in err.splitlines() if line.startswith("launch_local:")]
+    # A child's progress bar may share the launcher's line (no newline after it).
+    lines = re.findall(r"launch_local: [^\r\n]*", err)
     assert lines[0] == "launch_local: process 1 was killed by SIGKILL (status 137); stopping the other processes"
     for pid in children:
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
