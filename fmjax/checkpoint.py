@@ -10,12 +10,19 @@ Orbax writes each step into a temporary folder and renames it when complete,
 so a run killed while saving leaves no half-written step behind; the next
 run's manager deletes the temporary folder. A step damaged afterwards (a
 truncated or deleted file) is moved to WORKDIR/damaged_checkpoints/<step> by
-`restore_newest_readable`, which goes on to the step before it.
+`restore_newest_readable`, which goes on to the step before it. Damage is
+proven by trying to read: a checkpoint of another model or optimizer is
+refused (UserError) before any read, and never set aside.
+
+A write that fails (no space left, no permission) raises CheckpointWriteError
+at the next step boundary, naming the cause and the newest complete step.
 """
 
+import inspect
 import os
 import shutil
 import sys
+import threading
 from typing import Any, Callable, Optional
 
 import jax
@@ -23,7 +30,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from fmjax.errors import UserError
+from fmjax import rundir
+from fmjax.errors import UserError, WriteFailure
 
 CHECKPOINT_SUBDIR = "checkpoints"
 DAMAGED_SUBDIR = "damaged_checkpoints"
@@ -53,6 +61,9 @@ def checkpoint_manager(
         memory and writes them in a background thread; `wait_until_finished`
         waits for the write.
     """
+    directory = checkpoint_dir(workdir)
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        raise UserError(f"{directory} is not a folder; move it away, fmjax keeps the run's checkpoints there")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         create=create,
@@ -61,25 +72,133 @@ def checkpoint_manager(
     )
     # Naming the handlers up front lets a fresh manager read an item's metadata.
     handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
+    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+
+
+class CheckpointWriteError(WriteFailure):
+    """A checkpoint could not be written; training stopped at once.
+
+    Attributes:
+      step: the step whose write failed.
+      cause: e.g. "no space left on the device".
+      newest_complete: the newest step whose write completed, or None.
+    """
+
+    def __init__(self, step: Optional[int], cause: str, directory: str, newest_complete: Optional[int]):
+        kept = (
+            f"the newest complete checkpoint is step {newest_complete}"
+            if newest_complete is not None
+            else "no checkpoint is complete"
+        )
+        which = f"checkpoint step {step}" if step is not None else "a checkpoint"
+        super().__init__(
+            f"writing {which} in {directory} failed: {cause}; training stopped, {kept}; "
+            "free space (or fix the permissions) and run the same command to resume"
+        )
+        self.step = step
+        self.cause = cause
+        self.newest_complete = newest_complete
+
+
+def _complete_steps(manager: ocp.CheckpointManager) -> list[int]:
+    # Orbax renames a step's folder to the bare number when its write is complete.
+    directory = str(manager.directory)
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    return sorted(int(name) for name in names if name.isdigit())
+
+
+def _write_error(manager: ocp.CheckpointManager, error: BaseException, step: Optional[int]) -> CheckpointWriteError:
+    cause = rundir.describe_write_failure(error) or _one_line(error)
+    complete = [s for s in _complete_steps(manager) if s != step]
+    _quiet_reads_outliving_a_failed_restore()
+    return CheckpointWriteError(step, cause, str(manager.directory), max(complete, default=None))
+
+
+# The step each manager is writing in the background, until seen complete.
+_step_in_flight: dict[int, int] = {}
+_in_flight_lock = threading.Lock()
+
+
+def raise_if_save_failed(manager: ocp.CheckpointManager) -> None:
+    """Raises CheckpointWriteError if a background write has failed; cheap, call it every step.
+
+    Raises:
+      CheckpointWriteError: naming the cause and the newest complete step.
+    """
+    with _in_flight_lock:
+        step = _step_in_flight.get(id(manager))
+    if step is None or manager.is_saving_in_progress():
+        return
+    with _in_flight_lock:
+        _step_in_flight.pop(id(manager), None)
+    try:
+        manager.wait_until_finished()  # returns at once; raises what the write raised
+        manager.check_for_errors()
+    except Exception as error:  # noqa: BLE001 - any failure of the write stops training
+        raise _write_error(manager, error, step) from error
+    if step not in _complete_steps(manager):
+        raise _write_error(manager, RuntimeError("the write did not complete"), step)
 
 
 def save_checkpoint(manager: ocp.CheckpointManager, state: Any, meta: dict) -> None:
     """Saves `state` (a single-copy TrainState) and `meta` at `state.step`.
 
     With an asynchronous manager this returns once the arrays are on the host,
-    so the caller may go on updating (or donating) the device state.
+    so the caller may go on updating (or donating) the device state; call
+    `raise_if_save_failed` after each step to learn of a failed write.
+
+    Raises:
+      CheckpointWriteError: this write (or the one before it) failed.
     """
     step = int(jax.device_get(state.step))
-    manager.save(
-        step,
-        args=ocp.args.Composite(state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)),
-    )
+    raise_if_save_failed(manager)
+    with _in_flight_lock:
+        previous = _step_in_flight.pop(id(manager), None)
+    try:
+        manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)),
+        )
+    except Exception as error:  # noqa: BLE001 - a write that fails stops training
+        if rundir.describe_write_failure(error) is None and previous is None:
+            raise
+        raise _write_error(manager, error, previous if previous is not None else step) from error
+    with _in_flight_lock:
+        _step_in_flight[id(manager)] = step
+    if not manager.is_saving_in_progress():  # a synchronous save has finished
+        raise_if_save_failed(manager)
+
+
+def close_manager(manager: ocp.CheckpointManager) -> None:
+    """Waits for the write in flight and closes `manager`; a failed write raises CheckpointWriteError."""
+    with _in_flight_lock:
+        step = _step_in_flight.pop(id(manager), None)
+    try:
+        manager.close()
+    except Exception as error:  # noqa: BLE001
+        if step is None and rundir.describe_write_failure(error) is None:
+            return  # already reported: the exception that ends the run says why
+        raise _write_error(manager, error, step) from error
+    if step is not None and step not in _complete_steps(manager):
+        raise _write_error(manager, RuntimeError("the write did not complete"), step)
+
+
+def _path_names(path) -> tuple:
+    """A tree path as plain names, so a namedtuple's field and a dict's key compare equal."""
+    names = []
+    for entry in path:
+        for attribute in ("key", "name", "idx"):
+            if hasattr(entry, attribute):
+                names.append(str(getattr(entry, attribute)))
+                break
+        else:
+            names.append(str(entry))
+    return tuple(names)
 
 
 def _shapes(tree: Any) -> dict[str, tuple]:
     leaves = jax.tree_util.tree_leaves_with_path(tree)
-    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in leaves}
+    return {"".join(f"[{n!r}]" for n in _path_names(path)): tuple(leaf.shape) for path, leaf in leaves}
 
 
 def check_params_match(saved_params: Any, model_params: Any, where: str) -> None:
@@ -100,6 +219,34 @@ def check_params_match(saved_params: Any, model_params: Any, where: str) -> None
         )
 
 
+def check_state_matches(saved_state: Any, abstract_state: Any, where: str) -> None:
+    """Raises a UserError if a checkpoint's state is not of the config's model and optimizer.
+
+    Compared before any array is read, so a checkpoint of another optimizer
+    (adam and sgd, or gradient clipping added) is a mismatch, never damage.
+    """
+    check_params_match(saved_state["params"], abstract_state.params, where)
+    for part, what, keys in (
+        ("opt_state", "an optimizer state", "config.optimizer, config.grad_clip_norm or config.optimizer.weight_decay"),
+        ("batch_stats", "batch statistics", "config.model"),
+    ):
+        saved, wanted = _shapes(saved_state.get(part) or {}), _shapes(getattr(abstract_state, part))
+        if saved != wanted:
+            raise UserError(
+                f"{where} holds {what} of another structure ({len(saved)} arrays, the config's "
+                f"has {len(wanted)}): {keys} differ from the run's; resume with the run's values, "
+                "or pass another --workdir (fmjax.restore_params reads its params to start from)"
+            )
+
+
+def _state_metadata(manager: ocp.CheckpointManager, step: int) -> Any:
+    """The array metadata of a step's state; a missing metadata file is damage (ValueError)."""
+    saved = manager.item_metadata(step)["state"]
+    if saved is None:
+        raise ValueError(f"the metadata of step {step}'s state (state/_METADATA) is missing or unreadable")
+    return saved
+
+
 def restore_checkpoint(
     manager: ocp.CheckpointManager, step: int, abstract_state: Any
 ) -> tuple[Any, dict]:
@@ -115,10 +262,8 @@ def restore_checkpoint(
     Returns:
       The restored TrainState and the checkpoint's meta dict.
     """
-    check_params_match(
-        manager.item_metadata(step)["state"]["params"],
-        abstract_state.params,
-        f"the checkpoint at step {step} in {manager.directory}",
+    check_state_matches(
+        _state_metadata(manager, step), abstract_state, f"the checkpoint at step {step} in {manager.directory}"
     )
     restored = manager.restore(
         step,
@@ -189,8 +334,10 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
         for step in steps:
             source = os.path.join(str(manager.directory), str(step))
             target = os.path.join(_damaged_dir(manager), str(step))
-            if os.path.exists(target):  # set aside before, saved again, damaged again
-                shutil.rmtree(target)
+            copy = 1
+            while os.path.lexists(target):  # set aside before, saved again, damaged again: keep both
+                target = os.path.join(_damaged_dir(manager), f"{step}.{copy}")
+                copy += 1
             os.makedirs(_damaged_dir(manager), exist_ok=True)
             shutil.move(source, target)
     if jax.process_count() > 1:
@@ -218,6 +365,9 @@ def _quiet_reads_outliving_a_failed_restore() -> None:
         if isinstance(unraisable.exc_value, RuntimeError) and str(
             unraisable.exc_value
         ) == "Event loop is closed":
+            return
+        # Coroutines of the failed read, collected unfinished ("Exception ignored in coroutine").
+        if inspect.iscoroutine(unraisable.object) or inspect.iscoroutine(getattr(unraisable.object, "__self__", None)):
             return
         previous_hook(unraisable)
 
@@ -289,7 +439,7 @@ def restore_variables_at(workdir: str, step: Optional[int] = None) -> tuple[int,
     manager, step = _existing_manager(workdir, step)
 
     def restore():
-        saved = manager.item_metadata(step)["state"]
+        saved = _state_metadata(manager, step)
         item = {name: saved[name] for name in ("params", "batch_stats") if saved.get(name)}
         return manager.restore(
             step,
@@ -315,3 +465,25 @@ def read_meta(workdir: str, step: Optional[int] = None) -> tuple[int, dict]:
         step,
         lambda: manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta,
     )
+
+
+def newest_meta(workdir: str) -> Optional[tuple[int, dict]]:
+    """(step, meta) of the newest checkpoint in `workdir` whose meta reads back, or None; reads only.
+
+    A step whose meta fails to read is left for `restore_newest_readable` to judge.
+    """
+    if not os.path.lexists(checkpoint_dir(workdir)):
+        return None
+    manager = checkpoint_manager(workdir, create=False)
+    try:
+        for step in sorted(manager.all_steps(), reverse=True):
+            try:
+                meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+            except Exception:  # noqa: BLE001 - damage; judged when the state is restored
+                _quiet_reads_outliving_a_failed_restore()
+                continue
+            if isinstance(meta, dict):
+                return step, meta
+        return None
+    finally:
+        manager.close()

@@ -10,6 +10,13 @@ Exit statuses (train.py):
   3    training diverged: a loss, gradient or param became NaN or Inf
        (config.halt_on_nonfinite); the line names the step, and the newest
        checkpoint is finite.
+  3    also: the training loss grew past config.halt_on_loss_growth times
+       the first step's (a divergence that stays finite); the line names the
+       step, and the newest checkpoint is from before it.
+  4    a file of the run could not be written (no space left on the device,
+       no permission, a read-only file system): training stops at once; the
+       line names the cause, the file or checkpoint step, and the newest
+       complete checkpoint. Free space and run the same command to resume.
   143  stopped by SIGTERM (128 + 15, what a job scheduler expects of a
        terminated job) after saving a checkpoint; the line says which step
        and where, and the same command resumes.
@@ -28,11 +35,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from fmjax.errors import UserError  # noqa: E402
+from fmjax.errors import UserError, WriteFailure  # noqa: E402
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
+EXIT_WRITE_FAILED = 4
 EXIT_PREEMPTED = 143
 
 
@@ -108,21 +116,27 @@ def parse_flags(
     path = _config_path(argv[1:])
     if path is None:
         raise UserError("no config given; pass --config configs/default.py (or another file in configs/)")
-    if not os.path.isfile(path):
-        raise UserError(f"config file {path} does not exist; pass a file from configs/, e.g. configs/default.py")
+    _check_config_file(path)
+    _forget_previous_config_module()
     try:
         flag_values(list(argv))
     except flags.Error as e:
         raise UserError(f"{e}; run with --help for the flags") from e
-    except (AttributeError, KeyError) as e:
-        # ml_collections says: 'KEY'\nDid you mean "OTHER" instead of "KEY"?
-        message = str(e.args[0]) if e.args else ""
-        key = re.search(r"[\w.]+", message)
-        suggestion = re.search(r'Did you mean "([\w.]+)"', message)
-        hint = f" (did you mean {suggestion.group(1)!r}?)" if suggestion else ""
+    except AttributeError as e:
+        if "get_config" in str(e):
+            raise UserError(
+                f"config file {path} has no get_config(); define one that returns the config "
+                "(see configs/default.py)"
+            ) from e
+        raise _unknown_key(e) from e
+    except KeyError as e:
+        raise _unknown_key(e) from e
+    except SyntaxError as e:
+        raise UserError(f"config file {path} has a syntax error at line {e.lineno}: {e.msg}; fix it") from e
+    except Exception as e:  # noqa: BLE001 - the config file's own code failed
         raise UserError(
-            f"the config has no key {key.group(0) if key else message!r}{hint}; "
-            "see fmjax/config.py for every key"
+            f"config file {path} failed to load ({type(e).__name__}: {e}); fix it, or run with "
+            "--verbose for the traceback"
         ) from e
     config = flag_values.config
     workdir = flag_values.workdir or os.path.join(
@@ -131,18 +145,69 @@ def parse_flags(
     return flag_values, config, workdir
 
 
+def _forget_previous_config_module() -> None:
+    # ml_collections loads a config file as the module "config_config" and, if one is
+    # loaded already (a second command in one process), runs the new file in
+    # the old module's namespace: a file without get_config() would silently
+    # use the previous file's.
+    import importlib.machinery
+
+    name = "config_config"  # the flag's name, twice
+    loader = getattr(sys.modules.get(name), "__loader__", None)
+    if isinstance(loader, importlib.machinery.SourceFileLoader) and loader.name == name:
+        del sys.modules[name]
+
+
+def _check_config_file(path: str) -> None:
+    if os.path.isdir(path):
+        raise UserError(f"--config {path} is a folder; pass a config file in it, e.g. configs/default.py")
+    if not os.path.exists(path):
+        raise UserError(f"config file {path} does not exist; pass a file from configs/, e.g. configs/default.py")
+    if not os.path.isfile(path):
+        raise UserError(f"--config {path} is not a regular file; pass a config file, e.g. configs/default.py")
+
+
+def _unknown_key(e: Exception) -> UserError:
+    """A config override naming no key; ml_collections says: 'KEY'\nDid you mean "OTHER" instead of "KEY"?"""
+    message = str(e.args[0]) if e.args else ""
+    key = re.search(r"[\w.]+", message)
+    suggestion = re.search(r'Did you mean "([\w.]+)"', message)
+    hint = f" (did you mean {suggestion.group(1)!r}?)" if suggestion else ""
+    return UserError(
+        f"the config has no key {key.group(0) if key else message!r}{hint}; "
+        "see fmjax/config.py for every key"
+    )
+
+
+def _quiet_library_logs() -> None:
+    # Orbax logs through absl what fmjax reports itself, in one line: a failed
+    # write's traceback from its background thread, a missing metadata file.
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.FATAL)
+
+
 def run(main: Callable[[Sequence[str]], int], argv: Optional[Sequence[str]] = None) -> int:
-    """Runs `main(argv)`, turning a UserError into one line on stderr and exit status 2."""
+    """Runs `main(argv)`, turning a UserError into one line on stderr and exit status 2
+    (a WriteFailure: one line and status 4)."""
     argv = list(sys.argv if argv is None else argv)
+    verbose = "--verbose" in argv
+    if not verbose:
+        _quiet_library_logs()
     try:
         return main(argv)
     except HelpShown:
         return EXIT_OK
     except UserError as e:
-        if "--verbose" in argv:
+        if verbose:
             raise
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except WriteFailure as e:
+        if verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_WRITE_FAILED
 
 
 def define_distributed_flags(flag_values: flags.FlagValues) -> None:
@@ -190,6 +255,13 @@ def _define_train_flags(flag_values: flags.FlagValues) -> None:
         "Plan the run (parameters, memory, flops, whether it fits) without reading data or training.",
         flag_values=flag_values,
     )
+    flags.DEFINE_bool(
+        "allow_config_change",
+        False,
+        "Resume even though the config or data differ from the checkpoint's (e.g. a new learning "
+        "rate); the changes are recorded in WORKDIR/config_changes.jsonl.",
+        flag_values=flag_values,
+    )
 
 
 def train_main(argv: Sequence[str]) -> int:
@@ -197,6 +269,9 @@ def train_main(argv: Sequence[str]) -> int:
     flag_values, config, workdir = parse_flags(
         argv, _define_train_flags, "Trains a config's model: train.py --config CONFIG [--workdir DIR] [--config.KEY=VALUE ...]"
     )
+    from fmjax.config_checks import check_config
+
+    check_config(config)  # before any process joins, reads data or writes
     join_process_group(flag_values)
     if flag_values.dry_run:
         from fmjax.dry_run import format_plan, plan_run
@@ -205,16 +280,17 @@ def train_main(argv: Sequence[str]) -> int:
         return EXIT_OK
     import jax
 
+    from fmjax.divergence import LossGrowthError
     from fmjax.preemption import Preempted
     from fmjax.trainer import NonFiniteError, train_and_evaluate
 
     try:
-        record = train_and_evaluate(config, workdir)
+        record = train_and_evaluate(config, workdir, allow_config_change=flag_values.allow_config_change)
     except Preempted as stop:
         if jax.process_index() == 0:
             print(f"preempted: {stop}", file=sys.stderr)
         return EXIT_PREEMPTED
-    except NonFiniteError as error:
+    except (NonFiniteError, LossGrowthError) as error:
         if jax.process_index() == 0:
             print(f"error: {error}", file=sys.stderr)
         return EXIT_DIVERGED
@@ -235,17 +311,19 @@ def evaluate_main(argv: Sequence[str]) -> int:
     flag_values, config, workdir = parse_flags(
         argv, _define_evaluate_flags, "Evaluates a run's checkpoint: evaluate.py --config CONFIG --workdir DIR [--step N]"
     )
+    from fmjax.config_checks import check_config
+
+    check_config(config)
     join_process_group(flag_values)
     import jax
 
+    from fmjax import rundir
     from fmjax.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(config, workdir, flag_values.step, figures_dir=workdir)
     if jax.process_index() != 0:  # every process evaluates its share; process 0 reports
         return EXIT_OK
-    path = os.path.join(workdir, f"eval_{result['step']}.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
+    path = rundir.write_json(workdir, f"eval_{result['step']}.json", result)
     print(
         f"test accuracy: {result['accuracy']:.2%} over {result['num_examples']} examples, "
         f"loss {result['loss']:.4f}, step {result['step']} "
@@ -269,7 +347,7 @@ def predict_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv[1:])
     from fmjax.predict import find_image_paths, format_predictions, load_predictor
 
-    paths = find_image_paths(args.images)
+    paths = find_image_paths(args.images, warn=lambda line: print(line, file=sys.stderr))
     predictor = load_predictor(args.workdir, args.step, args.batch_size)
     results = predictor.predict(paths, args.top_k)
     print(json.dumps(results, indent=2) if args.json else format_predictions(results))

@@ -29,6 +29,11 @@ def base_config() -> ml_collections.ConfigDict:
     # Stop, naming the step, when a loss, gradient or updated param is NaN or
     # Inf; nothing non-finite is saved.
     config.halt_on_nonfinite = True
+    # Stop, naming the step, when a step's training loss exceeds this many
+    # times the run's first loss (or 1, whichever is larger): a run whose
+    # updates stay finite can still diverge (Adam at a rate of 1e6 reaches a
+    # loss of 1e21). Exit status 3, as for NaN; 0 = off.
+    config.halt_on_loss_growth = 1e4
     config.loss = "cross_entropy"  # or "mse" (against one-hot targets)
     config.label_smoothing = 0.0  # cross_entropy in training: weight spread over all classes
     config.grad_clip_norm = 0.0  # clip gradients to this global norm; 0 = off

@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from typing import Mapping, Optional, Sequence
 
@@ -187,8 +188,10 @@ def launch_local(
     """Runs `command` as `num_processes` processes of one run on this machine.
 
     Each process gets the coordinator on a free localhost port and its own
-    JAX_PROCESS_ID. When one fails, the others are stopped: they would
-    otherwise wait for it in a collective.
+    JAX_PROCESS_ID. When one fails (or is killed), the others are stopped:
+    they would otherwise wait for it in a collective until JAX's heartbeat
+    timeout. One line on stderr says which process ended and how, and one
+    more for each process that had to be killed.
 
     Args:
       command: the program and its arguments, e.g. [python, "train.py", ...].
@@ -209,29 +212,53 @@ def launch_local(
         for i in range(num_processes)
     ]
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    grace_s = 10
     try:
         while True:
             statuses = [p.poll() for p in processes]
-            failed = [s for s in statuses if s not in (None, 0)]
+            failed = [(i, s) for i, s in enumerate(statuses) if s not in (None, 0)]
             if failed:
-                # A process killed by signal N reports -N; a shell says 128 + N.
-                return failed[0] if failed[0] > 0 else 128 - failed[0]
+                index, status = failed[0]
+                if any(s is None for s in statuses):
+                    _say(f"process {index} {_ended(status)}; stopping the other processes")
+                # After a SIGTERM (143) the others are saving the same step;
+                # after any other end they wait on the missing process forever.
+                grace_s = 10 if shell_status(status) == 143 else 2
+                return shell_status(status)
             if all(s == 0 for s in statuses):
                 return 0
             if deadline is not None and time.monotonic() > deadline:
+                _say(f"the run did not end within {timeout_s:g} s; stopping every process")
                 return 124
             time.sleep(poll_interval_s)
     finally:
-        _stop(processes)
+        _stop(processes, grace_s)
 
 
-def _stop(processes: Sequence[subprocess.Popen]) -> None:
+def shell_status(status: int) -> int:
+    """A Popen return code as a shell reports it: a process killed by signal N is 128 + N."""
+    return status if status >= 0 else 128 - status
+
+
+def _ended(status: int) -> str:
+    if status < 0:
+        return f"was killed by {signal.Signals(-status).name} (status {shell_status(status)})"
+    return f"exited with status {status}"
+
+
+def _say(line: str) -> None:
+    print(f"launch_local: {line}", file=sys.stderr, flush=True)
+
+
+def _stop(processes: Sequence[subprocess.Popen], grace_s: float = 10) -> None:
     for process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
-    for process in processes:
+    for index, process in enumerate(processes):
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
+            # Waiting on a dead peer (a SIGTERM makes it save, with every process).
+            _say(f"process {index} did not stop within {grace_s:g} s of SIGTERM; killed it")
             process.kill()
             process.wait()

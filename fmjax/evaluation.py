@@ -9,6 +9,9 @@ import numpy as np
 import optax
 
 from fmjax import checkpoint as ckpt
+from fmjax import rundir
+from fmjax.config_checks import check_config
+from fmjax.errors import UserError
 from fmjax.data import Dataset, load_dataset
 from fmjax.models import create_model
 from fmjax.parallel import DataParallel, parallel_from_config
@@ -79,6 +82,30 @@ def most_confident_mistakes(
     return {k: v[0] for k, v in kept.items()}
 
 
+def check_same_classes(meta: dict, class_names, image_size: int, where: str) -> None:
+    """Raises a UserError unless the data's classes and image size are those the checkpoint trained on.
+
+    A model's outputs mean its training classes, in order: evaluating it on a
+    data set of other classes (even as many) would report a meaningless accuracy.
+    """
+    saved = list(meta.get("class_names") or [])
+    if saved and saved != list(class_names):
+        differ = next(
+            (f"class {i}: {a!r} in the checkpoint, {b!r} in the data" for i, (a, b) in enumerate(zip(saved, class_names)) if a != b),
+            f"{len(saved)} classes in the checkpoint, {len(class_names)} in the data",
+        )
+        raise UserError(
+            f"{where} was trained on other classes than config.data names ({differ}); "
+            "evaluate with the run's data (its config.json)"
+        )
+    saved_size = meta.get("image_size")
+    if saved_size is not None and saved_size != image_size:
+        raise UserError(
+            f"{where} was trained on {saved_size}x{saved_size} images, config.image_size is "
+            f"{image_size}; evaluate with --config.image_size={saved_size}"
+        )
+
+
 def evaluate_checkpoint(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -105,8 +132,11 @@ def evaluate_checkpoint(
       list, NaN for a class with no test example), "confusion_matrix" (a list
       of lists, rows are true labels), "figures" (the PNGs written)}.
     """
+    check_config(config)
     dataset = load_dataset(config)
     parallel = parallel_from_config(config, prepare=dataset.prepare)
+    step, meta = ckpt.read_meta(workdir, step)
+    check_same_classes(meta, dataset.class_names, config.image_size, f"the checkpoint at step {step} in {workdir}")
     step, variables = ckpt.restore_variables_at(workdir, step)
     model = create_model(config.model, dataset.num_classes)
     expected = jax.eval_shape(
@@ -134,14 +164,19 @@ def evaluate_checkpoint(
             os.path.join(figures_dir, f"confusion_{step}.png"),
             os.path.join(figures_dir, f"mistakes_{step}.png"),
         ]
-        plots.plot_confusion_matrix(confusion, dataset.class_names, figures[0])
+        rundir.write_file_with(
+            figures[0], lambda path: plots.plot_confusion_matrix(confusion, dataset.class_names, path)
+        )
         variables = jax.device_put(variables)
         mistakes = most_confident_mistakes(
             lambda images: model.apply(variables, images), dataset, config.batch_size, num_mistakes
         )
-        plots.plot_misclassified(
-            mistakes["images"], mistakes["true_labels"], mistakes["predicted_labels"],
-            mistakes["probabilities"], dataset.class_names, figures[1], max_images=num_mistakes,
+        rundir.write_file_with(
+            figures[1],
+            lambda path: plots.plot_misclassified(
+                mistakes["images"], mistakes["true_labels"], mistakes["predicted_labels"],
+                mistakes["probabilities"], dataset.class_names, path, max_images=num_mistakes,
+            ),
         )
     return {
         "step": step,

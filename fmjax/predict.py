@@ -8,8 +8,10 @@ are decoded, resized and normalised exactly as the training images were.
 """
 
 import dataclasses
+import errno
 import json
 import os
+import stat
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import jax
@@ -21,35 +23,44 @@ from fmjax.data.image_folder import IMAGE_EXTENSIONS, image_files_split
 from fmjax.data.pipeline import Dataset
 from fmjax.errors import UserError
 from fmjax.models import create_model
-from fmjax.trainer import CONFIG_FILE
+from fmjax.rundir import CONFIG_FILE
 
 # One prediction: {"class": name, "probability": float}; one result per image:
 # {"path": str, "predictions": [prediction, ...]}, most probable first.
 Prediction = dict[str, Any]
 
 
-def find_image_paths(inputs: Sequence[str]) -> list[str]:
+def find_image_paths(inputs: Sequence[str], warn: Callable[[str], None] = lambda line: None) -> list[str]:
     """The image files that `inputs` name: files as given, folders walked.
 
     Args:
       inputs: paths of image files or of folders; a folder contributes every
-        file under it whose name ends in one of IMAGE_EXTENSIONS (any case),
-        in sorted order, hidden files and folders skipped.
+        regular file under it whose name ends in one of IMAGE_EXTENSIONS (any
+        case), in sorted order, hidden files and folders skipped. Links are
+        followed, but each real folder and file is visited once: a link
+        back to a folder already walked (a loop) is not walked again.
+      warn: told, in one line a folder, what the walk left out (links that
+        loop, files that are not regular: a FIFO named b.png would block
+        reading forever).
 
     Returns:
       The files, inputs in the order given.
 
     Raises:
-      UserError: an input does not exist, or no image is found at all.
+      UserError: an input does not exist or is not a regular file or folder,
+        or no image is found at all.
     """
     paths = []
     for path in inputs:
-        if os.path.isfile(path):
+        kind = _kind(path)
+        if kind == "file":
             paths.append(path)
-        elif os.path.isdir(path):
-            paths += _images_under(path)
-        else:
+        elif kind == "folder":
+            paths += _images_under(path, warn)
+        elif kind == "missing":
             raise UserError(f"{path} does not exist; pass image files or folders of images")
+        else:
+            raise UserError(f"{path} is {kind}, not a regular file; pass image files or folders of images")
     if not paths:
         raise UserError(
             f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(inputs)}; "
@@ -58,15 +69,80 @@ def find_image_paths(inputs: Sequence[str]) -> list[str]:
     return paths
 
 
-def _images_under(folder: str) -> list[str]:
-    paths = []
-    for directory, subdirectories, file_names in os.walk(folder, followlinks=True):
-        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
-        paths += [
-            os.path.join(directory, name)
-            for name in sorted(file_names)
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-        ]
+_SPECIAL_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def _kind(path: str) -> str:
+    """"file", "folder", "missing" or what else `path` is, following links."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a broken symbolic link" if os.path.islink(path) else "missing"
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        raise UserError(f"cannot read {path} ({error.strerror}); fix its permissions") from None
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    return _SPECIAL_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def _images_under(folder: str, warn: Callable[[str], None]) -> list[str]:
+    """Image files under `folder`, each real file once; folders walked once each by identity."""
+    paths, seen_files, loops, special = [], set(), [], []
+    seen_folders = set()
+
+    def walk(directory: str) -> None:
+        info = os.stat(directory)
+        identity = (info.st_dev, info.st_ino)
+        if identity in seen_folders:
+            loops.append(directory)
+            return
+        seen_folders.add(identity)
+        try:
+            entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+        except OSError as error:
+            warn(f"warning: cannot list {directory} ({error.strerror}); left out")
+            return
+        subfolders = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            kind = _kind(entry.path)
+            if kind == "folder":
+                subfolders.append(entry.path)
+            elif not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            elif kind == "file":
+                file_info = os.stat(entry.path)
+                file_identity = (file_info.st_dev, file_info.st_ino)
+                if file_identity not in seen_files:
+                    seen_files.add(file_identity)
+                    paths.append(entry.path)
+            elif kind != "missing":
+                special.append(f"{entry.path} ({kind})")
+        # Files of a folder first, then its sub-folders, as os.walk lists them.
+        for subfolder in subfolders:
+            walk(subfolder)
+
+    walk(folder)
+    if loops:
+        warn(
+            f"warning: {len(loops)} link(s) under {folder} lead back to a folder already walked, "
+            f"not walked again: {', '.join(loops[:3])}{', ...' * (len(loops) > 3)}"
+        )
+    if special:
+        warn(
+            f"warning: left out {len(special)} file(s) under {folder} that are not regular files: "
+            f"{', '.join(special[:3])}{', ...' * (len(special) > 3)}"
+        )
     return paths
 
 
@@ -174,8 +250,11 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise UserError(f"{path} is missing; train in {workdir} with train.py, which writes it")
-    with open(path) as config_file:
-        return ml_collections.ConfigDict(json.load(config_file))
+    try:
+        with open(path) as config_file:
+            return ml_collections.ConfigDict(json.load(config_file))
+    except ValueError as error:
+        raise UserError(f"{path} is not valid JSON ({error}); train in {workdir} again, which rewrites it") from None
 
 
 def load_predictor(workdir: str, step: Optional[int] = None, batch_size: int = 64) -> Predictor:

@@ -16,8 +16,6 @@ NonFiniteError before anything non-finite is saved.
 
 import contextlib
 import dataclasses
-import json
-import os
 import time
 from typing import Any, Optional
 
@@ -29,9 +27,12 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from fmjax import checkpoint as ckpt
+from fmjax import rundir, run_identity
 from fmjax.allocator import use_freed_memory_again
+from fmjax.config_checks import check_config
 from fmjax.data import Dataset, cache_placement, load_dataset
 from fmjax.data.pipeline import in_memory, split_pixels
+from fmjax.divergence import LossGrowthError, first_grown_step, loss_limit
 from fmjax.evaluation import evaluate, test_metrics
 from fmjax.models import create_model
 from fmjax.optim import create_learning_rate_schedule, create_optimizer
@@ -41,8 +42,8 @@ from fmjax.state import create_train_state
 from fmjax.tensorboard import EpochSummaries
 from fmjax.workdir_lock import hold_workdir
 
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.json"
+METRICS_FILE = rundir.METRICS_FILE
+CONFIG_FILE = rundir.CONFIG_FILE
 # Steps dispatched ahead of the one the host waits for. Enough to keep devices
 # busy; unbounded queues of collectives can deadlock XLA's CPU runtime when
 # several fake devices share few cores.
@@ -128,34 +129,25 @@ def add_step_metrics(sums: TrainSums, step_metrics: list[dict]) -> TrainSums:
 
 
 def checkpoint_meta(
-    dataset: Dataset, config, epoch: int, next_batch: int, sums: TrainSums
+    dataset: Dataset, config, epoch: int, next_batch: int, sums: TrainSums, first_loss: Optional[float] = None
 ) -> dict:
-    """What a checkpoint records besides the arrays: the data position, the epoch's sums, class names."""
+    """What a checkpoint records besides the arrays: the data position, the epoch's sums, class
+    names, the run's first loss and the config and data that define the run (fmjax.run_identity)."""
     return {
         "epoch": epoch,
         "next_batch": next_batch,
         "train_sums": dataclasses.asdict(sums),
         "class_names": list(dataset.class_names),
         "image_size": config.image_size,
+        "first_loss": first_loss,
+        run_identity.RECORD_KEY: run_identity.run_record(config, dataset.class_names, dataset.num_train),
     }
 
 
 def keep_metrics_through(workdir: str, last_epoch: int) -> None:
-    """Drops the metrics.jsonl lines of epochs after `last_epoch`.
-
-    A run that stopped before its checkpoint of those epochs was complete
-    wrote them; the resumed run writes them again.
-    """
-    path = os.path.join(workdir, METRICS_FILE)
-    if not is_logging_process() or not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = f.readlines()
-    kept = [line for line in lines if json.loads(line)["epoch"] <= last_epoch]
-    if kept != lines:
-        with open(path + ".tmp", "w") as f:
-            f.writelines(kept)
-        os.replace(path + ".tmp", path)
+    """Drops the metrics.jsonl lines of epochs after `last_epoch` (see fmjax.rundir)."""
+    if is_logging_process():
+        rundir.keep_metrics_through(workdir, last_epoch, warn=log)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,13 +235,15 @@ class StepsPerCall:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str
+    config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False
 ) -> dict[str, Any]:
     """Trains the model that `config` describes, resuming from `workdir` if it holds a checkpoint.
 
     Args:
       config: a config from configs/ (see fmjax.config.base_config for every key).
       workdir: where checkpoints, config.json and metrics.jsonl go.
+      allow_config_change: resume even if the config or data differ from the
+        checkpoint's (see fmjax.run_identity); the changes are recorded.
 
     Returns:
       The last epoch's metrics (the keys of metrics.jsonl).
@@ -259,13 +253,24 @@ def train_and_evaluate(
         training running in it, say).
       Preempted: a SIGTERM stopped the run after it saved a checkpoint.
       NonFiniteError: a step became NaN or Inf (with config.halt_on_nonfinite).
+      LossGrowthError: the loss grew past config.halt_on_loss_growth times the first.
+      fmjax.checkpoint.CheckpointWriteError: a checkpoint could not be written.
     """
+    check_config(config)
     # ---- Data and devices.
     use_freed_memory_again()
     dataset = load_dataset(config, report=log)
     parallel = parallel_from_config(config, prepare=dataset.prepare)
     steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
     placement = cache_placement(config, dataset)
+    # A resume continues the same run: refused, touching nothing, if it is not.
+    config_changes = run_identity.check_resume(
+        ckpt.newest_meta(workdir),
+        run_identity.run_record(config, dataset.class_names, dataset.num_train),
+        workdir,
+        allow_config_change,
+        warn=log,
+    )
 
     with contextlib.ExitStack() as on_exit:
         on_exit.enter_context(hold_workdir(workdir))
@@ -274,7 +279,7 @@ def train_and_evaluate(
             workdir, max_to_keep=config.keep_checkpoints, async_save=config.checkpoint_async
         )
         # However the run ends, the save in flight completes first.
-        on_exit.callback(manager.close)
+        on_exit.callback(ckpt.close_manager, manager)
 
         # ---- State: fresh, or the newest readable checkpoint in workdir.
         state_fn = initial_state_fn(config, dataset)
@@ -284,10 +289,12 @@ def train_and_evaluate(
         if restored is None:
             state = jax.jit(state_fn, out_shardings=parallel.state_sharding(jax.eval_shape(state_fn)))()
             saved_step, start_epoch, start_batch, sums = None, 0, 0, TrainSums()
+            first_loss = None
         else:
             saved_step, state, meta = restored
             start_epoch, start_batch = meta["epoch"], meta["next_batch"]
             sums = TrainSums(**meta["train_sums"])
+            first_loss = meta.get("first_loss")
             log(
                 f"resumed from step {saved_step} in {manager.directory} "
                 f"(epoch {start_epoch + 1}, batch {start_batch})"
@@ -297,8 +304,9 @@ def train_and_evaluate(
         dataset, data = place_data(dataset, parallel, placement)
 
         if is_logging_process():
-            with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-                f.write(config.to_json_best_effort(indent=2))
+            if saved_step is not None:
+                run_identity.record_changes(workdir, saved_step, config_changes)
+            rundir.write_text(workdir, CONFIG_FILE, config.to_json_best_effort(indent=2))
             summaries = EpochSummaries(workdir)
             on_exit.callback(summaries.close)
         # The rate the last step of an epoch used, for the logs.
@@ -308,14 +316,27 @@ def train_and_evaluate(
         compiled = False  # the first call compiles; images per second leave it out
 
         def save(epoch: int, next_batch: int, sums: TrainSums) -> None:
-            meta = checkpoint_meta(dataset, config, epoch, next_batch, sums)
+            meta = checkpoint_meta(dataset, config, epoch, next_batch, sums, first_loss)
             ckpt.save_checkpoint(manager, parallel.get_state(device_state), meta)
 
         def add_checked(sums: TrainSums, host_metrics: list[dict], last_step: int) -> TrainSums:
-            # Before every save: the steps since the last one must be finite.
+            # Before every save: the steps since the last one must be finite,
+            # and their losses not grown by orders of magnitude.
+            nonlocal first_loss
             bad_step = first_nonfinite_step(host_metrics, last_step - len(host_metrics) + 1)
             if config.halt_on_nonfinite and bad_step is not None:
                 raise NonFiniteError(bad_step, saved_step, str(manager.directory))
+            losses = [float(metrics["loss"]) for metrics in host_metrics]
+            if first_loss is None and losses:
+                first_loss = losses[0]
+            if first_loss is not None:
+                grown = first_grown_step(
+                    losses, last_step - len(host_metrics) + 1, loss_limit(first_loss, config.halt_on_loss_growth)
+                )
+                if grown is not None:
+                    raise LossGrowthError(
+                        *grown, first_loss, config.halt_on_loss_growth, saved_step, str(manager.directory)
+                    )
             return add_step_metrics(sums, host_metrics)
 
         # ---- The loop: calls of several steps, host events between them.
@@ -378,6 +399,7 @@ def train_and_evaluate(
                 batch_index += count
                 step += count
                 progress.update(count)
+                ckpt.raise_if_save_failed(manager)
                 # Every process asks about every step, so several processes agree on the stop.
                 stop = any([should_stop(s) for s in range(step - count + 1, step + 1)])
                 due = every > 0 and step % every == 0
@@ -412,8 +434,7 @@ def train_and_evaluate(
                 f"{record['images_per_second']:.0f} images/s"
             )
             if is_logging_process():
-                with open(os.path.join(workdir, METRICS_FILE), "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                rundir.append_metrics(workdir, record)
                 summaries.write(
                     step,
                     {

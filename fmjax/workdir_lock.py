@@ -3,18 +3,25 @@
 The lock is an fcntl.flock, which the operating system drops when the
 process that holds it ends, however it ends: a run killed with SIGKILL never
 leaves its workdir locked. The file itself stays and says who held it last.
+
+The lock file is opened without following a symbolic link (O_NOFOLLOW) and
+must be a regular file with one name: a link or hard link planted there
+would otherwise have fmjax overwrite the file it points to.
 """
 
 import contextlib
+import errno
 import fcntl
 import os
 import socket
+import stat
 from typing import Iterator, Optional
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from fmjax import rundir
 from fmjax.errors import UserError
 
 LOCK_FILE = "train.lock"
@@ -43,11 +50,29 @@ def hold_workdir(workdir: str) -> Iterator[None]:
         yield
 
 
+def _open_lock_file(path: str) -> int:
+    """A descriptor of the lock file at `path`, created if absent, never through a link."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        descriptor = os.open(path, flags, 0o644)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            rundir.refuse_link(path)
+        raise UserError(f"cannot open {path} ({error.strerror}); fix the workdir's permissions") from None
+    info = os.fstat(descriptor)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(descriptor)
+        what = "has another name (a hard link)" if stat.S_ISREG(info.st_mode) else "is not a regular file"
+        raise UserError(f"{path} {what}; remove it, fmjax creates its own")
+    return descriptor
+
+
 @contextlib.contextmanager
 def _try_lock(workdir: str) -> Iterator[Optional[str]]:
     """Tries the lock once; yields None when taken, else who holds it."""
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, LOCK_FILE), "a+") as lock_file:
+    rundir.prepare_workdir(workdir)
+    descriptor = _open_lock_file(os.path.join(workdir, LOCK_FILE))
+    with os.fdopen(descriptor, "r+") as lock_file:
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -124,6 +124,10 @@ def test_a_checkpoint_of_another_model_is_refused(trained_run, capsys):
     argv = ["--config", DEFAULT_CONFIG, "--workdir", trained_run, *TINY, "--config.model.hidden=32"]
     assert train(argv) == 2
     line = one_error_line(capsys)
+    assert "holds another run (checkpoint step 42): config.model.hidden 64 -> 32;" in line
+    # Even on purpose, params of other shapes cannot carry over.
+    assert train([*argv, "--allow_config_change"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "is from another model" in line and "(64,)" in line and "(32,)" in line
 
 

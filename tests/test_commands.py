@@ -27,7 +27,7 @@ def test_the_four_commands_point_at_functions():
 @pytest.mark.parametrize(
     "main, flags",
     [
-        (cli.train_main, ["config", "workdir", "verbose", "dry_run", "distributed", "coordinator_address", "num_processes", "process_id"]),
+        (cli.train_main, ["config", "workdir", "verbose", "dry_run", "allow_config_change", "distributed", "coordinator_address", "num_processes", "process_id"]),
         (cli.evaluate_main, ["config", "workdir", "verbose", "step", "distributed", "coordinator_address", "num_processes", "process_id"]),
     ],
 )

@@ -6,14 +6,20 @@ started by fmjax.distributed.launch_local; a timeout makes a hang fail.
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 import fmjax
+from fmjax import checkpoint as ckpt
 from fmjax import distributed
 from fmjax.errors import UserError
 
@@ -165,3 +171,110 @@ def test_a_partial_or_malformed_process_group_is_a_user_error(kwargs, message):
 def test_a_malformed_environment_variable_is_a_user_error():
     with pytest.raises(UserError, match=r"JAX_NUM_PROCESSES='two' is not a whole number"):
         distributed.process_group(environ={"JAX_NUM_PROCESSES": "two"})
+
+
+# ---- Stopping a multi-process run: SIGTERM to one process, SIGKILL of one.
+
+TRAIN_PY = os.path.join(ROOT, "train.py")
+LAUNCH_LOCAL_PY = os.path.join(ROOT, "scripts", "launch_local.py")
+
+
+def newest_step(workdir):
+    folder = os.path.join(workdir, "checkpoints")
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return max((int(name) for name in names if name.isdigit()), default=0)
+
+
+def wait_for_step(workdir, step, processes):
+    deadline = time.monotonic() + TIMEOUT_S
+    while newest_step(workdir) < step:
+        assert all(p.poll() is None for p in processes), "a process ended before the signal"
+        assert time.monotonic() < deadline, f"no checkpoint of step {step} within {TIMEOUT_S} s"
+        time.sleep(0.01)
+
+
+def saved_arrays(workdir, step):
+    manager = ckpt.checkpoint_manager(str(workdir), create=False)
+    metadata = manager.item_metadata(step)["state"]
+    item = {key: metadata[key] for key in ("params", "opt_state", "step")}
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=item,
+                restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item),
+                partial_restore=True,
+            )
+        ),
+    ).state
+    return {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(restored)}
+
+
+@pytest.mark.multiprocess
+def test_a_sigterm_to_one_process_stops_all_at_one_step_and_the_resume_is_bit_identical(runs, tmp_path):
+    reference = os.path.join(runs[0], "pmap")  # two processes of two devices, never stopped
+    workdir = tmp_path / "run"
+    command = [
+        sys.executable, TRAIN_PY, "--config", DEFAULT_CONFIG, "--workdir", str(workdir), *TINY,
+        "--config.parallel=pmap",
+    ]
+    port = distributed.free_port()
+    processes = [
+        subprocess.Popen(
+            [*command, "--config.checkpoint_every_steps=1"],
+            env=distributed.local_process_env(i, 2, port, devices_per_process=2),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        wait_for_step(workdir, 3, processes)
+        processes[1].send_signal(signal.SIGTERM)
+        errors = [p.communicate(timeout=TIMEOUT_S)[1] for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in processes] == [143, 143], [e[-2000:] for e in errors]
+    stopped = re.findall(r"preempted: stopped by SIGTERM after saving step (\d+) in ", errors[0])
+    assert len(stopped) == 1, errors[0][-2000:]
+    step = int(stopped[0])
+    assert 3 <= step < 21 and newest_step(workdir) == step
+    # Both processes wrote their part of that step.
+    state_dir = os.path.join(workdir, "checkpoints", str(step), "state")
+    assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(os.listdir(state_dir))
+
+    assert distributed.launch_local(command, 2, devices_per_process=2, timeout_s=TIMEOUT_S) == 0
+    got, expected = saved_arrays(workdir, 21), saved_arrays(reference, 21)
+    assert got.keys() == expected.keys() and any("opt_state" in key for key in got)
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+
+
+@pytest.mark.multiprocess
+def test_a_sigkill_of_one_process_ends_the_others_with_a_clear_line(tmp_path):
+    workdir = tmp_path / "run"
+    launcher = subprocess.Popen(
+        [
+            sys.executable, LAUNCH_LOCAL_PY, "-n", "2", "--devices_per_process", "1", "--",
+            "--config", DEFAULT_CONFIG, "--workdir", str(workdir), *TINY, "--config.checkpoint_every_steps=1",
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=ROOT),  # this checkout's fmjax, as train.py's children get
+    )
+    try:
+        wait_for_step(workdir, 2, [launcher])
+        with open(f"/proc/{launcher.pid}/task/{launcher.pid}/children") as f:
+            children = sorted(int(pid) for pid in f.read().split())
+        assert len(children) == 2
+        os.kill(children[1], signal.SIGKILL)
+        _, err = launcher.communicate(timeout=60)  # a hang fails here
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 128 + signal.SIGKILL, err[-2000:]
+    # A child's progress bar may share the launcher's line (no newline after it).
+    lines = re.findall(r"launch_local: [^\r\n]*", err)
+    assert lines[0] == "launch_local: process 1 was killed by SIGKILL (status 137); stopping the other processes"
+    for pid in children:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
