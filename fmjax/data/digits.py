@@ -5,8 +5,6 @@ it is the data set for quick runs and tests.
 """
 
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from fmjax.data.pipeline import Split, array_split
 from fmjax.errors import UserError
@@ -31,6 +29,11 @@ def digits_splits(
             f"digits test fraction {test_fraction} is outside (0, 1); "
             "set config.data.test_fraction to e.g. 0.25"
         )
+    # Imported here: scikit-learn takes a second to import, which runs on
+    # other data sets need not pay.
+    from sklearn.datasets import load_digits  # noqa: PLC0415
+    from sklearn.model_selection import train_test_split  # noqa: PLC0415
+
     digits = load_digits()
     images = (digits.images / _MAX_PIXEL_VALUE).astype(np.float32)[..., np.newaxis]
     train_images, test_images, train_labels, test_labels = train_test_split(
