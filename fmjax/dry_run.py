@@ -33,6 +33,8 @@ class Plan:
       layers: (layer name, number of weights) in the model's order.
       total_params: the sum of `layers`.
       param_bytes, grad_bytes, optimizer_bytes: the state's parts, in bytes.
+      activation_bytes: every layer's output for one device's batch, and
+        the batch itself: what the backward pass keeps, roughly.
       flops_per_step: XLA's count for one device's train step.
       step_memory_bytes: the compiled step's arguments, outputs and temporaries
         on one device, less the buffers it reuses.
@@ -48,6 +50,7 @@ class Plan:
     param_bytes: int
     grad_bytes: int
     optimizer_bytes: int
+    activation_bytes: int
     flops_per_step: float
     step_memory_bytes: int
     batch_per_device: int
@@ -58,6 +61,11 @@ class Plan:
     @property
     def state_bytes(self) -> int:
         return self.param_bytes + self.grad_bytes + self.optimizer_bytes
+
+    @property
+    def expected_bytes(self) -> int:
+        """What a step cannot do without: the state, its gradients and the activations."""
+        return self.state_bytes + self.activation_bytes
 
     @property
     def fits(self) -> Optional[bool]:
@@ -117,8 +125,7 @@ def plan_run(config: ml_collections.ConfigDict) -> Plan:
         "image": jax.ShapeDtypeStruct((batch_per_device, *image.shape[1:]), np.float32),
         "label": jax.ShapeDtypeStruct((batch_per_device,), np.int32),
     }
-    step = jax.jit(functools.partial(train_step, loss_fn=get_loss(config.loss)), donate_argnums=0)
-    compiled = step.lower(state, batch).compile()
+    compiled = _compiled_step(config, state, batch)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     memory = compiled.memory_analysis()
@@ -136,6 +143,7 @@ def plan_run(config: ml_collections.ConfigDict) -> Plan:
         param_bytes=_nbytes(state.params),
         grad_bytes=_nbytes(state.params),
         optimizer_bytes=_nbytes(state.opt_state),
+        activation_bytes=_activation_bytes(model, state, batch),
         flops_per_step=float(cost.get("flops", float("nan"))) if cost else float("nan"),
         step_memory_bytes=int(step_memory),
         batch_per_device=batch_per_device,
@@ -143,6 +151,39 @@ def plan_run(config: ml_collections.ConfigDict) -> Plan:
         device_kind=device.device_kind,
         device_memory_bytes=_device_memory(device),
     )
+
+
+def _compiled_step(config: ml_collections.ConfigDict, state: Any, batch: dict) -> Any:
+    """One device's train step, compiled as `config.parallel` runs it, for abstract inputs."""
+    step = functools.partial(
+        train_step, loss_fn=get_loss(config.loss), check_finite=config.halt_on_nonfinite
+    )
+    if config.parallel != "pmap":
+        return jax.jit(step, donate_argnums=0).lower(state, batch).compile()
+    # pmap's form on one device: a leading device axis of 1 on every input.
+    with_device_axis = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((1, *x.shape), x.dtype), (state, batch)
+    )
+    pmapped = jax.pmap(
+        functools.partial(step, axis_name="data"),
+        axis_name="data",
+        donate_argnums=0,
+        devices=jax.devices()[:1],
+    )
+    return pmapped.lower(*with_device_axis).compile()
+
+
+def _activation_bytes(model: Any, state: Any, batch: dict) -> int:
+    """Bytes of the batch and of every layer's output (Flax's captured intermediates)."""
+    variables = {"params": state.params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    _, captured = jax.eval_shape(
+        functools.partial(model.apply, capture_intermediates=True, mutable=["intermediates"]),
+        variables,
+        batch["image"],
+    )
+    return _nbytes(captured["intermediates"]) + _nbytes(batch)
 
 
 def _gb(num_bytes: float) -> str:
@@ -160,6 +201,9 @@ def format_plan(plan: Plan) -> str:
         f"optimizer state {_gb(plan.optimizer_bytes)}: {_gb(plan.state_bytes)} in all",
         f"train step on one device ({plan.batch_per_device} examples): "
         f"{plan.flops_per_step:,.0f} flops, {_gb(plan.step_memory_bytes)} of memory (XLA)",
+        f"that is {plan.step_memory_bytes / plan.expected_bytes:.2f}x the state, its gradients and "
+        f"the layers' outputs ({_gb(plan.activation_bytes)} of activations): "
+        f"{_gb(plan.expected_bytes)}",
     ]
     memory = "memory not reported" if plan.device_memory_bytes is None else (
         f"{_gb(plan.device_memory_bytes)} each"
