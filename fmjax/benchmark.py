@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from fmjax import steps
-from fmjax.allocator import use_freed_memory_again
+from fmjax.runtime import use_freed_memory_again
 from fmjax.config import base_config
 from fmjax.errors import UserError
 from fmjax.losses import cross_entropy
@@ -644,7 +644,7 @@ def run_benchmark(
     if batch_size < 1 or repeats < 1 or warmup < 0:
         raise UserError("batch size and repeats must be at least 1, warm-up at least 0; raise them")
     # As train.py does: freed step buffers are reused rather than returned to
-    # the system (fmjax.allocator); it applies to PyTorch's steps as well.
+    # the system (fmjax.runtime); it applies to PyTorch's steps as well.
     use_freed_memory_again()
     matmul = matmul_gflops(matmul_size, warmup, repeats)
     bandwidth = memory_bandwidth_gbs(bandwidth_floats, warmup, repeats)

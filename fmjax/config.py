@@ -22,6 +22,8 @@ def base_config() -> ml_collections.ConfigDict:
     # seconds; between them the host checks for SIGTERM (so a stop waits at
     # most about this long) and for due checkpoints.
     config.host_check_seconds = 2.0
+    # Compiled programs kept between runs (JAX's persistent cache); "" = off.
+    config.compilation_cache_dir = "~/.cache/fmjax/jax"
     config.keep_checkpoints = 3  # the newest this many are kept
     # Write each checkpoint in a background thread while training goes on
     # (False: training waits for the write).

@@ -28,7 +28,7 @@ from jax.experimental import multihost_utils
 
 from fmjax import checkpoint as ckpt
 from fmjax import rundir, run_identity
-from fmjax.allocator import use_freed_memory_again
+from fmjax.runtime import use_compilation_cache, use_freed_memory_again
 from fmjax.config_checks import check_config
 from fmjax.data import Dataset, cache_placement, load_dataset
 from fmjax.data.pipeline import in_memory, split_pixels
@@ -259,6 +259,7 @@ def train_and_evaluate(
     check_config(config)
     # ---- Data and devices.
     use_freed_memory_again()
+    use_compilation_cache(config.compilation_cache_dir)
     dataset = load_dataset(config, report=log)
     parallel = parallel_from_config(config, prepare=dataset.prepare)
     steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
