@@ -13,10 +13,11 @@
 # Devices. Per device, as XLA's memory analysis of the compiled train step puts
 # it (batch 32, float32, compiled for CPU devices; other backends schedule
 # their buffers differently, so keep a margin):
-# - Data parallel (parallel "pmap", or "jit" alone): every device holds the whole
-#   state, about 28 GB on one device and 31 GB on each of several. That needs
-#   a device of 32 GB or more: an A100 or H100 (80 GB), or, tightly, a TPU v4
-#   chip (32 GiB). A TPU v3 core or v5e chip (16 GiB) cannot hold it.
+# - Data parallel with jit (the default parallel mode): every device holds the
+#   whole state, 25.9 GB (1.03x the state, gradients and activations). That
+#   needs a device of 32 GB or more: an A100 or H100 (80 GB), or a TPU v4
+#   chip (32 GiB). A TPU v3 core or v5e chip (16 GiB) cannot hold it. With
+#   --config.parallel=pmap XLA keeps three more copies of fc1: 43.4 GB.
 # - FSDP, adding --config.parallel=jit --config.shard_params=True: fc1 and its
 #   Adam moments are split by output feature, about 14 GB per device on 2
 #   devices, 7 GB on 4 and 3.5 GB on 8. So 16 GiB devices train it: 4 or more

@@ -68,6 +68,7 @@ class DataParallel:
         -> summed metrics over every row of `indices`, in one compiled loop.
       put_state: single-copy state (global arrays laid out by
         state_sharding, or host arrays equal on every process) -> device state.
+        It may share the input's buffers, which the train step then donates.
       put_batch: host-local numpy batch -> device batch.
       put_data: a whole split, {"image", "label"} host arrays equal on every
         process -> a copy on every device.
