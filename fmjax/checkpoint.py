@@ -19,6 +19,7 @@ at the next step boundary, naming the cause and the newest complete step.
 """
 
 import inspect
+import logging
 import os
 import shutil
 import sys
@@ -373,6 +374,16 @@ def _quiet_reads_outliving_a_failed_restore() -> None:
 
     hook.quiets_closed_event_loops = True
     sys.unraisablehook = hook
+    # The other reads' futures, failed too and never awaited, are reported by
+    # asyncio's logger when collected ("Future exception was never retrieved").
+    logging.getLogger("asyncio").addFilter(_UnretrievedReadErrors())
+
+
+class _UnretrievedReadErrors(logging.Filter):
+    """Drops asyncio's reports of failed futures nobody awaited: the failed restore's other reads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Future exception was never retrieved")
 
 
 def _existing_manager(workdir: str, step: Optional[int]) -> tuple[ocp.CheckpointManager, int]:
