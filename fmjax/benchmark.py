@@ -8,8 +8,9 @@ median is reported with its spread:
   eager and under torch.compile;
 - the machine's float32 matmul rate and memory bandwidth, which with XLA's
   cost analysis of the compiled step give the step's roofline bound;
-- the input pipeline on a folder of JPEGs: fmjax's tf.data pipeline against
-  the PIL loader torchvision's ImageFolder and a 2-worker DataLoader amount to.
+- the input pipeline on a folder of JPEGs: fmjax's streamed one (PIL in
+  threads, as with data.cache="none") against the PIL loader torchvision's
+  ImageFolder and a 2-worker DataLoader amount to.
 
 Fairness: `limit_cores` pins the whole process (XLA's, PyTorch's and
 TensorFlow's thread pools alike) to the same cores, and PyTorch is told to use
@@ -447,7 +448,7 @@ def write_jpeg_folder(root: str, num_train: int, num_test: int, num_classes: int
 def fmjax_pipeline_epoch(
     root: str, image_size: int, batch_size: int
 ) -> tuple[Callable[[], None], int]:
-    """One epoch of fmjax's tf.data pipeline over an image folder's train split, ready to time.
+    """One epoch of fmjax's streamed pipeline (data.cache="none") over an image folder's train split, ready to time.
 
     Returns:
       (call, images): call reads the next epoch's batches; images is how
@@ -577,7 +578,7 @@ def step_results(
 def pipeline_results(
     root: str, image_size: int, batch_size: int, warmup: int, repeats: int
 ) -> list[dict[str, Any]]:
-    """fmjax's tf.data pipeline and the PIL pool, whole epochs over root/train timed in turns.
+    """fmjax's streamed pipeline and the PIL pool, whole epochs over root/train timed in turns.
 
     Returns:
       [fmjax's, the PIL pool's], each {"loader", "images", "timing", "images_per_s"}.
@@ -589,7 +590,7 @@ def pipeline_results(
     context.set_forkserver_preload([__name__])
     with context.Pool(PIL_POOL_WORKERS) as pool:
         loaders = {
-            "fmjax tf.data": fmjax_pipeline_epoch(root, image_size, batch_size),
+            "fmjax streamed": fmjax_pipeline_epoch(root, image_size, batch_size),
             f"PIL pool ({PIL_POOL_WORKERS} processes)": pil_pool_epoch(root, image_size, batch_size, pool),
         }
         timings = time_interleaved({name: call for name, (call, _) in loaders.items()}, warmup, repeats)

@@ -86,7 +86,7 @@ def test_pil_batch_is_what_to_tensor_gives(tmp_path):
 def test_pipelines_read_whole_epochs(tmp_path):
     benchmark.write_jpeg_folder(str(tmp_path), num_train=16, num_test=4, num_classes=4)
     results = benchmark.pipeline_results(str(tmp_path), image_size=24, batch_size=4, warmup=0, repeats=1)
-    assert [r["loader"] for r in results] == ["fmjax tf.data", "PIL pool (2 processes)"]
+    assert [r["loader"] for r in results] == ["fmjax streamed", "PIL pool (2 processes)"]
     for result in results:
         assert result["images"] == 16
         assert _positive_finite(result["images_per_s"])
