@@ -15,6 +15,8 @@ import os
 
 import jax
 
+from fmjax.errors import UserError
+
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _NEVER_TRIM = 2**31 - 1  # bytes; mallopt takes an int
@@ -48,8 +50,19 @@ def use_compilation_cache(directory: str) -> None:
     on the same machine reads them back. "" leaves the cache off. The cache
     is keyed by the program, the devices and the compiler's flags, so a
     changed config compiles anew.
+
+    Raises:
+      UserError: the folder cannot be created.
     """
     if not directory:
         return
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+    path = os.path.expanduser(directory)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise UserError(
+            f"config.compilation_cache_dir {directory} cannot be created ({error.strerror}); "
+            'set it to a writable folder, or to "" to turn the cache off'
+        ) from None
+    jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", _MIN_CACHED_COMPILE_SECONDS)

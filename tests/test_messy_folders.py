@@ -8,6 +8,7 @@ no readable image is an error.
 """
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -144,3 +145,21 @@ def test_a_train_class_without_readable_images_is_an_error(messy_root, on_bad_im
 def test_an_unknown_choice_is_a_user_error(messy_root):
     with pytest.raises(UserError, match=r"config.data.on_bad_image is 'ignore'; use one of error, skip"):
         load_dataset(config(messy_root, "ignore"))
+
+
+def test_links_up_the_tree_or_to_another_class_relabel_nothing(messy_root, tmp_path):
+    (messy_root / "test" / "dog" / "not_an_image.png").unlink()
+    plain = load_dataset(config(messy_root, "skip"), report=lambda line: None)
+    cat = messy_root / "train" / "cat"
+    os.symlink("..", cat / "loop")  # train/cat/loop -> train: every class again, as cat
+    os.symlink(messy_root / "train" / "dog", cat / "dogs")  # another class's folder
+    os.symlink(cat / "a.png", cat / "same.png")  # one image under two names
+    os.mkfifo(cat / "b.png")  # would block the first read
+    lines = []
+    dataset = load_dataset(config(messy_root, "skip"), report=lines.append)
+    np.testing.assert_array_equal(dataset.train_split.labels, plain.train_split.labels)
+    assert dataset.num_train == plain.num_train == 3
+    assert (
+        f"{messy_root / 'train'}: left out 2 hidden files (cat/.DS_Store, ...) and 2 non-image files "
+        "(cat/notes.txt, ...) and 1 non-regular file (cat/b.png) and 2 repeated folder links (cat/dogs, ...)"
+    ) in lines

@@ -4,7 +4,10 @@ import os
 import subprocess
 import sys
 
-from fmjax.runtime import use_freed_memory_again
+import pytest
+
+from fmjax.errors import UserError
+from fmjax.runtime import use_compilation_cache, use_freed_memory_again
 
 
 def test_freed_memory_is_kept_for_reuse_on_glibc():
@@ -35,3 +38,13 @@ def test_compiled_programs_are_kept_in_the_cache_folder(tmp_path):
         capture_output=True, text=True, env=env, timeout=120,
     )
     assert off.stdout.strip() == "None", off.stderr[-2000:]
+
+
+def test_a_cache_folder_that_cannot_be_made_is_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError) as error:
+        use_compilation_cache(str(tmp_path / "a_file" / "cache"))
+    assert str(error.value) == (
+        f"config.compilation_cache_dir {tmp_path / 'a_file' / 'cache'} cannot be created (Not a directory); "
+        'set it to a writable folder, or to "" to turn the cache off'
+    )

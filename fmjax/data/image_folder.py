@@ -7,8 +7,9 @@ lack classes, never add them). Real folders are messy, so:
 - hidden files (.DS_Store, ._name), files that are not JPEG, PNG, GIF or BMP
   by their extension (any case), and entries that are not regular files
   (a FIFO, a socket) are left out, and counted in one line;
-- folders are walked following symbolic links, but each real folder and each
-  real file is visited once, so a link back up the tree adds nothing;
+- folders are walked following symbolic links, but each real folder once,
+  under the class whose folder holds it, and each real file once: a link back
+  up the tree, or to another class's folder, adds nothing (and is counted);
 - an image that cannot be read is an error naming it, or, with
   on_bad_image="skip", is left out and named at the start. Files are checked
   when listed by their first bytes; with "skip" every image is also decoded
@@ -110,9 +111,17 @@ def _folder_split(
     report: Callable[[str], None],
 ) -> Split:
     paths, labels = [], []
-    left_out: dict[str, list[str]] = {"hidden file": [], "non-image file": [], "non-regular file": []}
+    left_out: dict[str, list[str]] = {
+        "hidden file": [], "non-image file": [], "non-regular file": [], "repeated folder link": []
+    }
+    # A link inside a class folder to another class's folder, or up the tree,
+    # would relabel other classes' images: every real folder is walked once,
+    # under the class whose folder holds it.
+    walked = {os.path.realpath(split_dir)} | {
+        os.path.realpath(split_dir / name) for name in class_names if (split_dir / name).is_dir()
+    }
     for label, name in enumerate(class_names):
-        images, class_left_out = _list_class(split_dir / name)
+        images, class_left_out = _list_class(split_dir / name, walked)
         paths += images
         labels += [label] * len(images)
         for kind, files in class_left_out.items():
@@ -192,24 +201,31 @@ def _decoding_split(paths: list[str], labels: list[int], image_size: int, advice
     return Split(np.asarray(labels, np.int32), load, pixel_dtype)
 
 
-def _list_class(class_dir: Path) -> tuple[list[str], dict[str, list[str]]]:
+def _list_class(class_dir: Path, walked: set[str]) -> tuple[list[str], dict[str, list[str]]]:
     """The image files under class_dir, recursively and sorted, and what was left out, by kind.
 
-    Links are followed, but each real folder and file is taken once: a link
-    to a folder already walked (a loop, or a second way to the same images)
-    adds nothing. Hidden sub-folders are skipped whole.
+    Links are followed, but each real folder is walked once: a link to a
+    folder in `walked` (the split's folder, every class folder, and those
+    walked already; this adds the ones it walks) adds nothing, so a loop or a
+    link to another class cannot relabel images. A file reached by two names
+    is listed once. Hidden sub-folders are skipped whole.
     """
-    left_out: dict[str, list[str]] = {"hidden file": [], "non-image file": [], "non-regular file": []}
+    left_out: dict[str, list[str]] = {
+        "hidden file": [], "non-image file": [], "non-regular file": [], "repeated folder link": []
+    }
     if not class_dir.is_dir():
         return [], left_out
-    images, seen_folders, seen_files = [], set(), set()
+    images, seen_files = [], set()
     for directory, subdirectories, file_names in os.walk(class_dir, followlinks=True):
-        real = os.path.realpath(directory)
-        if real in seen_folders:
-            subdirectories[:] = []
-            continue
-        seen_folders.add(real)
-        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
+        kept = []
+        for name in sorted(d for d in subdirectories if not d.startswith(".")):
+            real = os.path.realpath(os.path.join(directory, name))
+            if real in walked:
+                left_out["repeated folder link"].append(os.path.join(directory, name))
+            else:
+                walked.add(real)
+                kept.append(name)
+        subdirectories[:] = kept
         for file_name in sorted(file_names):
             path = os.path.join(directory, file_name)
             if file_name.startswith("."):
