@@ -22,7 +22,6 @@ device, or FSDP-sharded.
 """
 
 import dataclasses
-import functools
 import math
 from typing import Any, Callable, Optional, Sequence, Union
 

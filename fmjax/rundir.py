@@ -128,21 +128,13 @@ def write_file_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
     Raises:
       WriteError: the folder is full or not writable; `path` is as it was.
     """
-    try:
-        with _new_temporary_file(path) as (descriptor, temporary):
-            view = memoryview(data)
-            while view:
-                view = view[os.write(descriptor, view) :]
-            os.fchmod(descriptor, mode)
-            os.fsync(descriptor)
-            os.replace(temporary, path)
-    except (IsADirectoryError, NotADirectoryError):
-        raise _not_a_file(path) from None
-    except OSError as error:
-        cause = describe_write_failure(error)
-        if cause is None:
-            raise
-        raise WriteError(path, cause) from error
+    with _named_write_errors(path), _new_temporary_file(path) as (descriptor, temporary):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(descriptor, view) :]
+        os.fchmod(descriptor, mode)
+        os.fsync(descriptor)
+        os.replace(temporary, path)
 
 
 def write_file_with(path: str, write: Callable[[str], None]) -> None:
@@ -151,11 +143,17 @@ def write_file_with(path: str, write: Callable[[str], None]) -> None:
     Raises:
       WriteError: as write_file_atomically.
     """
+    with _named_write_errors(path), _new_temporary_file(path) as (descriptor, temporary):
+        os.close(descriptor)
+        write(temporary)
+        os.replace(temporary, path)
+
+
+@contextlib.contextmanager
+def _named_write_errors(path: str) -> Iterator[None]:
+    """Turns a failed write of `path` into the one-line error that names it and its cause."""
     try:
-        with _new_temporary_file(path) as (descriptor, temporary):
-            os.close(descriptor)
-            write(temporary)
-            os.replace(temporary, path)
+        yield
     except (IsADirectoryError, NotADirectoryError):
         raise _not_a_file(path) from None
     except OSError as error:

@@ -18,3 +18,26 @@ def prepared(dataset, batch, epoch=None):
     import jax
 
     return jax.device_get(dataset.prepare(batch, epoch))
+
+
+def checkpoint_arrays(workdir, step):
+    """The params, optimizer state and step of a run's checkpoint, by tree path, as numpy arrays."""
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    from fmjax import checkpoint as ckpt
+
+    manager = ckpt.checkpoint_manager(str(workdir), create=False)
+    metadata = manager.item_metadata(step)["state"]
+    item = {key: metadata[key] for key in ("params", "opt_state", "step")}
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=item,
+                restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item),
+                partial_restore=True,
+            )
+        ),
+    ).state
+    return {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(restored)}

@@ -13,13 +13,11 @@ import sys
 import textwrap
 import time
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+from conftest import checkpoint_arrays
 
 import fmjax
-from fmjax import checkpoint as ckpt
 from fmjax import distributed
 from fmjax.errors import UserError
 
@@ -193,23 +191,6 @@ def wait_for_step(workdir, step, processes):
         time.sleep(0.01)
 
 
-def saved_arrays(workdir, step):
-    manager = ckpt.checkpoint_manager(str(workdir), create=False)
-    metadata = manager.item_metadata(step)["state"]
-    item = {key: metadata[key] for key in ("params", "opt_state", "step")}
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(
-                item=item,
-                restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item),
-                partial_restore=True,
-            )
-        ),
-    ).state
-    return {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(restored)}
-
-
 @pytest.mark.multiprocess
 def test_a_sigterm_to_one_process_stops_all_at_one_step_and_the_resume_is_bit_identical(runs, tmp_path):
     reference = os.path.join(runs[0], "pmap")  # two processes of two devices, never stopped
@@ -245,7 +226,7 @@ def test_a_sigterm_to_one_process_stops_all_at_one_step_and_the_resume_is_bit_id
     assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(os.listdir(state_dir))
 
     assert distributed.launch_local(command, 2, devices_per_process=2, timeout_s=TIMEOUT_S) == 0
-    got, expected = saved_arrays(workdir, 21), saved_arrays(reference, 21)
+    got, expected = checkpoint_arrays(workdir, 21), checkpoint_arrays(reference, 21)
     assert got.keys() == expected.keys() and any("opt_state" in key for key in got)
     for key in expected:
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)

@@ -29,12 +29,10 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+from conftest import checkpoint_arrays
 
-from fmjax import checkpoint as ckpt
 from fmjax import cli, trainer
 from fmjax.workdir_lock import hold_workdir
 
@@ -62,20 +60,7 @@ def train(workdir, *extra):
 
 def saved_arrays(workdir, step=LAST_STEP):
     """The params, optimizer state and step of a checkpoint, by tree path, as numpy arrays."""
-    manager = ckpt.checkpoint_manager(str(workdir), create=False)
-    metadata = manager.item_metadata(step)["state"]
-    item = {key: metadata[key] for key in ("params", "opt_state", "step")}
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(
-                item=item,
-                restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item),
-                partial_restore=True,
-            )
-        ),
-    ).state
-    return {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(restored)}
+    return checkpoint_arrays(workdir, step)
 
 
 def metrics_without_speed(workdir):
