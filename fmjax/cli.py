@@ -29,7 +29,7 @@ import re
 import sys
 from typing import Callable, Optional, Sequence
 
-# TensorFlow (tf.data) logs a screenful at import; fmjax's own lines matter more.
+# TensorFlow, when the tfds source imports it, logs a screenful; fmjax's own lines matter more.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
