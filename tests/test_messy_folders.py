@@ -112,7 +112,7 @@ def test_error_names_the_bad_image_in_one_line(messy_root):
     with pytest.raises(UserError) as error:
         load_dataset(config(messy_root, "error"), report=lambda line: None)
     assert str(error.value) == (
-        f"{messy_root / 'test' / 'dog' / 'not_an_image.png'} is not a JPEG, PNG, GIF or BMP image; "
+        f"{messy_root / 'test' / 'dog' / 'not_an_image.png'} is not a JPEG, PNG, GIF, BMP, PPM, PGM, TIFF or WebP image; "
         "replace or delete it (or set config.data.on_bad_image=skip)"
     )
 
@@ -163,3 +163,52 @@ def test_links_up_the_tree_or_to_another_class_relabel_nothing(messy_root, tmp_p
         f"{messy_root / 'train'}: left out 2 hidden files (cat/.DS_Store, ...) and 2 non-image files "
         "(cat/notes.txt, ...) and 1 non-regular file (cat/b.png) and 2 repeated folder links (cat/dogs, ...)"
     ) in lines
+
+
+@pytest.mark.parametrize("extension, image_format", [
+    (".webp", "WEBP"), (".tif", "TIFF"), (".TIFF", "TIFF"), (".ppm", "PPM"), (".pgm", "PPM"),
+])
+def test_every_format_torchvision_reads_trains_as_pil_decodes_it(tmp_path, extension, image_format):
+    root = tmp_path / "photos"
+    pixels = {}
+    for split in ("train", "test"):
+        for name, colour in (("a", RGB8), ("b", RGB8[::-1])):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            image = Image.fromarray(colour)
+            image = image.convert("L") if extension == ".pgm" else image
+            path = folder / f"photo{extension}"
+            save_args = {"lossless": True} if image_format == "WEBP" else {}
+            image.save(path, image_format, **save_args)
+            pixels[(split, name)] = np.asarray(Image.open(path).convert("RGB"))
+    lines = []
+    dataset = load_dataset(config(root, "error"), report=lines.append)
+    assert lines == []
+    assert dataset.test_split.pixel_dtype == np.uint8
+    batch = next(dataset.test_batches(2))
+    np.testing.assert_array_equal(batch["image"][0], pixels[("test", "a")])
+    np.testing.assert_array_equal(batch["image"][1], pixels[("test", "b")])
+    np.testing.assert_array_equal(batch["label"], [0, 1])
+
+
+def test_a_folder_mostly_left_out_says_so_with_the_extensions(messy_root):
+    (messy_root / "test" / "dog" / "not_an_image.png").unlink()
+    for i in range(4):
+        (messy_root / "train" / "bird" / f"photo{i}.heic").write_bytes(b"ftypheic")
+    lines = []
+    load_dataset(config(messy_root, "skip"), report=lines.append)
+    assert (
+        f"warning: {messy_root / 'train'}: most files are left out (4 .heic, 1 .csv, 1 .txt) and 4 images "
+        "kept; fmjax reads .jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp .gif"
+    ) in lines
+
+
+def test_a_sixteen_bit_tiff_keeps_its_range(tmp_path):
+    root = tmp_path / "scans"
+    for split in ("train", "test"):
+        (root / split / "a").mkdir(parents=True)
+        Image.fromarray(GREY16).save(root / split / "a" / "scan.tif")  # PIL writes mode I;16
+    dataset = load_dataset(config(root, "error"), report=lambda line: None)
+    assert dataset.test_split.pixel_dtype == np.float32
+    (batch,) = dataset.test_batches(1)
+    np.testing.assert_array_equal(batch["image"][0], np.repeat(GREY16[..., None] / np.float32(65535), 3, axis=-1))

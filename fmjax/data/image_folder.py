@@ -4,8 +4,9 @@ The layout and class order follow torchvision's ImageFolder: classes are the
 train/ sub-folders sorted by name, and test/ uses the same mapping (it may
 lack classes, never add them). Real folders are messy, so:
 
-- hidden files (.DS_Store, ._name), files that are not JPEG, PNG, GIF or BMP
-  by their extension (any case), and entries that are not regular files
+- hidden files (.DS_Store, ._name), files without an image extension that
+  torchvision's ImageFolder reads (.jpg .jpeg .png .ppm .bmp .pgm .tif .tiff
+  .webp, and .gif; any case), and entries that are not regular files
   (a FIFO, a socket) are left out, and counted in one line;
 - folders are walked following symbolic links, but each real folder once,
   under the class whose folder holds it, and each real file once: a link back
@@ -39,11 +40,20 @@ from fmjax.data.pipeline import Split, resize_image
 from fmjax.data.tensorflow_import import import_tensorflow
 from fmjax.errors import UserError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+# torchvision's ImageFolder's extensions, and .gif.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+IMAGE_KINDS = "a JPEG, PNG, GIF, BMP, PPM, PGM, TIFF or WebP image"
 BAD_IMAGE_CHOICES = ("error", "skip")
 _HEADER_BYTES = 32
 _MAX_NAMED = 10  # skipped images named in the start-up line; the rest are counted
-_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_SIGNATURES = (
+    _PNG_SIGNATURE, b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM",
+    b"P2", b"P3", b"P5", b"P6",  # PGM and PPM, ASCII and binary
+    b"II*\x00", b"MM\x00*",  # TIFF, little- and big-endian
+)
+# PIL modes of more than 8 bits per channel, kept as float32.
+_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 # PIL releases the GIL while it decodes and resizes, so threads decode in parallel.
 _DECODERS = concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
 
@@ -129,6 +139,21 @@ def _folder_split(
     counts = [_counted(files, kind, split_dir) for kind, files in left_out.items() if files]
     if counts:
         report(f"{split_dir}: left out {' and '.join(counts)}")
+    skipped = left_out["non-image file"]
+    if len(skipped) > len(paths):
+        # Most of the folder is left out: photos in a format fmjax does not
+        # read would otherwise train on nothing, or on a part, quietly.
+        by_extension: dict[str, int] = {}
+        for path in skipped:
+            extension = os.path.splitext(path)[1].lower() or "(no extension)"
+            by_extension[extension] = by_extension.get(extension, 0) + 1
+        listed = ", ".join(
+            f"{count} {extension}" for extension, count in sorted(by_extension.items(), key=lambda kv: (-kv[1], kv[0]))
+        )
+        report(
+            f"warning: {split_dir}: most files are left out ({listed}) and {len(paths)} images kept; "
+            f"fmjax reads {' '.join(IMAGE_EXTENSIONS)}"
+        )
 
     problems = [_inspect(path) for path in paths]
     if any(problems) and on_bad_image == "error":
@@ -168,8 +193,8 @@ def image_files_split(paths: Sequence[str], image_size: int) -> Split:
     """A split that loads the image files `paths` by index exactly as training does (labels 0).
 
     Raises:
-      UserError: naming the first file that is not a JPEG, PNG, GIF or BMP
-        image or cannot be read.
+      UserError: naming the first file that is not an image fmjax reads
+        (IMAGE_KINDS) or cannot be read.
     """
     problems = [_inspect(path) for path in paths]
     if any(problems):
@@ -179,7 +204,7 @@ def image_files_split(paths: Sequence[str], image_size: int) -> Split:
 
 def _decoding_split(paths: list[str], labels: list[int], image_size: int, advice: str) -> Split:
     """A Split decoding each path when loaded; a damaged file is named by its path."""
-    high_depth = [_is_sixteen_bit_png(path) for path in paths]
+    high_depth = [_is_high_depth(path) for path in paths]
     pixel_dtype = np.dtype(np.float32 if any(high_depth) else np.uint8)
 
     def load_one(index: int) -> np.ndarray:
@@ -267,19 +292,23 @@ def _inspect(path: str) -> str:
             header = image_file.read(_HEADER_BYTES)
     except OSError as error:
         return f"cannot read image {path} ({error.strerror}); fix its permissions or delete it"
-    if not header.startswith(_SIGNATURES):
-        return f"{path} is not a JPEG, PNG, GIF or BMP image; replace or delete it"
+    webp = header.startswith(b"RIFF") and header[8:12] == b"WEBP"
+    if not (header.startswith(_SIGNATURES) or webp):
+        return f"{path} is not {IMAGE_KINDS}; replace or delete it"
     return ""
 
 
-def _is_sixteen_bit_png(path: str) -> bool:
-    """Whether `path` is a PNG of 16 bits per channel (its IHDR's bit depth, byte 24)."""
+def _is_high_depth(path: str) -> bool:
+    """Whether `path` holds more than 8 bits per channel: a 16-bit PNG (its IHDR's bit depth, byte 24), or a 16-bit or float image by PIL's mode."""
     try:
         with open(path, "rb") as image_file:
             header = image_file.read(_HEADER_BYTES)
-    except OSError:
+        if header.startswith(_PNG_SIGNATURE):
+            return len(header) > 24 and header[24] == 16
+        with Image.open(path) as image:  # reads the header only
+            return image.mode in _HIGH_DEPTH_MODES
+    except (OSError, SyntaxError, ValueError):
         return False
-    return header.startswith(_SIGNATURES[0]) and len(header) > 24 and header[24] == 16
 
 
 def _undecodable(paths: list[str]) -> list[int]:
@@ -287,7 +316,7 @@ def _undecodable(paths: list[str]) -> list[int]:
 
     def fails(path: str) -> bool:
         try:
-            _load_image(path, 1, _is_sixteen_bit_png(path))
+            _load_image(path, 1, _is_high_depth(path))
         except _DECODE_ERRORS:
             return True
         return False
@@ -298,21 +327,23 @@ def _undecodable(paths: list[str]) -> list[int]:
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-def _load_image(path: str, image_size: int, sixteen_bit_png: bool) -> np.ndarray:
-    """Pixels [image_size, image_size, 3]: uint8, or float32 in [0, 1] for a 16-bit PNG."""
-    if sixteen_bit_png:
-        return resize_image(_sixteen_bit_png_pixels(path), image_size)
+def _load_image(path: str, image_size: int, high_depth: bool) -> np.ndarray:
+    """Pixels [image_size, image_size, 3]: uint8, or float32 in [0, 1] for a high-depth image."""
+    if high_depth:
+        return resize_image(_high_depth_pixels(path), image_size)
     with Image.open(path) as image:
-        image.seek(0)  # a GIF's first frame
+        image.seek(0)  # a GIF's (or TIFF's) first frame
         rgb = np.asarray(image.convert("RGB"))
     return resize_image(rgb, image_size)
 
 
-def _sixteen_bit_png_pixels(path: str) -> np.ndarray:
+def _high_depth_pixels(path: str) -> np.ndarray:
+    """float32 [h, w, c] in [0, 1] from a 16-bit image (or a float TIFF, taken as [0, 1])."""
     with Image.open(path) as image:
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # grey, which PIL keeps at 16 bits
-            return (np.asarray(image, np.float32) / np.float32(65535))[..., None]
-    tf = import_tensorflow()
+        if image.mode in _HIGH_DEPTH_MODES:  # one channel, which PIL keeps whole
+            scale = 1.0 if image.mode == "F" else 65535.0
+            return (np.asarray(image, np.float32) / np.float32(scale))[..., None]
+    tf = import_tensorflow()  # a 16-bit colour PNG, which PIL cuts to 8 bits
     with open(path, "rb") as image_file:
         encoded = image_file.read()
     try:
