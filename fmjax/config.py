@@ -25,6 +25,9 @@ def base_config() -> ml_collections.ConfigDict:
     # seconds; between them the host checks for SIGTERM (so a stop waits at
     # most about this long) and for due checkpoints.
     config.host_check_seconds = 2.0
+    # When stderr is not a terminal (a file, CI), no progress bar: one line per
+    # epoch, and one within an epoch at most this often.
+    config.progress_line_seconds = 120.0
     # Compiled programs kept between runs (JAX's persistent cache); "" = off.
     config.compilation_cache_dir = "~/.cache/fmjax/jax"
     config.keep_checkpoints = 3  # the newest this many are kept

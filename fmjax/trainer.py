@@ -16,6 +16,7 @@ NonFiniteError before anything non-finite is saved.
 
 import contextlib
 import dataclasses
+import sys
 import time
 from typing import Any, Optional
 
@@ -314,6 +315,8 @@ def train_and_evaluate(
         learning_rate = create_learning_rate_schedule(config, steps_per_epoch)
         keep_metrics_through(workdir, start_epoch)
         steps_per_call = StepsPerCall(config.host_check_seconds)
+        interactive = sys.stderr.isatty()
+        last_progress_line = time.monotonic()
         compiled = False  # the first call compiles; images per second leave it out
 
         def save(epoch: int, next_batch: int, sums: TrainSums) -> None:
@@ -361,7 +364,8 @@ def train_and_evaluate(
                     total=steps_per_epoch,
                     initial=batch_index,
                     desc=f"epoch {epoch + 1}/{config.num_epochs}",
-                    disable=not is_logging_process(),
+                    # In a file or a CI log, carriage returns are noise.
+                    disable=not (is_logging_process() and interactive),
                     leave=False,
                 )
             )
@@ -400,6 +404,13 @@ def train_and_evaluate(
                 batch_index += count
                 step += count
                 progress.update(count)
+                if not interactive and time.monotonic() - last_progress_line >= config.progress_line_seconds:
+                    last_progress_line = time.monotonic()
+                    rate = timed_steps * config.batch_size / timed_seconds if timed_seconds > 0 else float("nan")
+                    log(
+                        f"epoch {epoch + 1}/{config.num_epochs}  batch {batch_index}/{steps_per_epoch}  "
+                        f"train loss so far {sums.loss / max(sums.steps, 1):.4f}  {rate:.0f} images/s"
+                    )
                 ckpt.raise_if_save_failed(manager)
                 # Every process asks about every step, so several processes agree on the stop.
                 stop = any([should_stop(s) for s in range(step - count + 1, step + 1)])

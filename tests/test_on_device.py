@@ -129,3 +129,17 @@ def test_auto_placement_follows_the_budgets():
     config.data.cache = "disk"
     with pytest.raises(UserError, match="config.data.cache is 'disk'"):
         cache_placement(config, dataset)
+
+
+def test_a_log_that_is_not_a_terminal_gets_lines_not_carriage_returns(tmp_path, capsys):
+    config = tiny_config(num_epochs=1, progress_line_seconds=0.0, host_check_seconds=1e9)
+    trainer.train_and_evaluate(config, str(tmp_path))
+    captured = capsys.readouterr()
+    assert "\r" not in captured.out + captured.err
+    within = [line for line in captured.out.splitlines() if " batch " in line]
+    # Calls of 1, 2, 4, 8 and 6 steps: a line after each.
+    assert [line.split("  ")[1] for line in within] == [
+        "batch 1/21", "batch 3/21", "batch 7/21", "batch 15/21", "batch 21/21"
+    ]
+    assert within[0].startswith("epoch 1/1  batch 1/21  train loss so far ")
+    assert sum(line.startswith("epoch 1/1  step 21") for line in captured.out.splitlines()) == 1
