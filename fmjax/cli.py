@@ -23,6 +23,7 @@ Exit statuses (train.py):
 """
 
 import argparse
+import importlib.resources
 import json
 import os
 import re
@@ -42,6 +43,39 @@ EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_WRITE_FAILED = 4
 EXIT_PREEMPTED = 143
+
+
+def _with_shipped_config(argv: Sequence[str]) -> list[str]:
+    """argv with a --config that names a shipped config ("default", "cifar10.py") replaced by its file.
+
+    A path to an existing file is kept as it is, so a user's own config, or
+    a file of the same name in the current folder, wins.
+    """
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            position, value = i, arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            position, value = i + 1, argv[i + 1]
+        else:
+            continue
+        name = value[:-3] if value.endswith(".py") else value
+        if os.path.exists(value) or not re.fullmatch(r"[A-Za-z0-9_]+", name):
+            return argv
+        shipped = importlib.resources.files("fmjax.configs").joinpath(f"{name}.py")
+        if shipped.is_file():
+            argv[position] = f"--config={shipped}" if position == i else str(shipped)
+        return argv
+    return argv
+
+
+def shipped_config_names() -> list[str]:
+    """The configs that `--config NAME` finds in any folder."""
+    return sorted(
+        entry.name[:-3]
+        for entry in importlib.resources.files("fmjax.configs").iterdir()
+        if entry.name.endswith(".py") and not entry.name.startswith("_")
+    )
 
 
 def _config_path(argv: Sequence[str]) -> Optional[str]:
@@ -107,6 +141,7 @@ def parse_flags(
     Raises:
       HelpShown: after printing one line per flag, when argv asks for --help.
     """
+    argv = _with_shipped_config(argv)
     flag_values = flags.FlagValues()
     define_common_flags(flag_values, argv)
     define_flags(flag_values)
@@ -162,7 +197,10 @@ def _check_config_file(path: str) -> None:
     if os.path.isdir(path):
         raise UserError(f"--config {path} is a folder; pass a config file in it, e.g. configs/default.py")
     if not os.path.exists(path):
-        raise UserError(f"config file {path} does not exist; pass a file from configs/, e.g. configs/default.py")
+        raise UserError(
+            f"config file {path} does not exist; pass a config file, or a shipped config by name: "
+            f"{', '.join(shipped_config_names())}"
+        )
     if not os.path.isfile(path):
         raise UserError(f"--config {path} is not a regular file; pass a config file, e.g. configs/default.py")
 

@@ -60,3 +60,25 @@ def test_a_bad_flag_is_one_line_and_status_2(capsys):
     assert cli.run(cli.predict_main, ["predict.py", "--workdir", "x", "--top_k", "many", "a.png"]) == cli.EXIT_USER_ERROR
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--top_k: invalid int value: 'many'" in err[0]
+
+
+def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    assert cli.shipped_config_names() == sorted(
+        name[:-3] for name in os.listdir(os.path.join(ROOT, "configs")) if name.endswith(".py") and name[0] != "_"
+    )
+    for config in (["--config", "default"], ["--config=seed.py"]):
+        assert cli.run(cli.train_main, ["train.py", *config, "--dry_run"]) == 0
+        assert "parameters per layer:" in capsys.readouterr().out
+    assert cli.run(cli.train_main, ["train.py", "--config", "nosuch", "--dry_run"]) == cli.EXIT_USER_ERROR
+    assert capsys.readouterr().err.strip() == (
+        "error: config file nosuch does not exist; pass a config file, or a shipped config by name: "
+        "cifar10, cifar10_resnet, default, mnist, seed"
+    )
+    # A file the user names is theirs, even when a shipped config has its name.
+    (tmp_path / "default.py").write_text(
+        "from fmjax.config import base_config\n\ndef get_config():\n    c = base_config()\n    c.model.hidden = 7\n    return c\n"
+    )
+    assert cli.run(cli.train_main, ["train.py", "--config", "default.py", "--dry_run"]) == 0
+    # fc1 of 7 units: 12 * 12 * 32 inputs * 7 + 7 biases.
+    assert "32,263" in capsys.readouterr().out
