@@ -45,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.loss = "cross_entropy"  # or "mse" (against one-hot targets)
     config.label_smoothing = 0.0  # cross_entropy in training: weight spread over all classes
     config.grad_clip_norm = 0.0  # clip gradients to this global norm; 0 = off
+    # Each device's batch as this many micro-batches in one compiled loop: the
+    # same update (to float rounding) with 1/k of the activation memory.
+    config.grad_accum_steps = 1
 
     config.schedule = ml_collections.ConfigDict()
     config.schedule.name = "constant"  # as the seed; or "warmup_cosine" or "step"

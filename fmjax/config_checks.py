@@ -130,6 +130,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     check.integer("seed", 0)
     check.integer("num_epochs", 1)
     check.integer("batch_size", 1)
+    check.integer("grad_accum_steps", 1)
     check.number("learning_rate", above=0, remedy=" (a rate of 0 or below does not descend)")
     image_size = check.integer("image_size", 1)
     check.integer("num_classes", 1)

@@ -143,7 +143,7 @@ def plan_run(config: ml_collections.ConfigDict) -> Plan:
         param_bytes=_nbytes(state.params),
         grad_bytes=_nbytes(state.params),
         optimizer_bytes=_nbytes(state.opt_state),
-        activation_bytes=_activation_bytes(model, state, batch),
+        activation_bytes=_activation_bytes(model, state, batch, config.grad_accum_steps),
         flops_per_step=float(cost.get("flops", float("nan"))) if cost else float("nan"),
         step_memory_bytes=int(step_memory),
         batch_per_device=batch_per_device,
@@ -156,7 +156,10 @@ def plan_run(config: ml_collections.ConfigDict) -> Plan:
 def _compiled_step(config: ml_collections.ConfigDict, state: Any, batch: dict) -> Any:
     """One device's train step, compiled as `config.parallel` runs it, for abstract inputs."""
     step = functools.partial(
-        train_step, loss_fn=get_loss(config.loss), check_finite=config.halt_on_nonfinite
+        train_step,
+        loss_fn=get_loss(config.loss),
+        check_finite=config.halt_on_nonfinite,
+        grad_accum_steps=config.grad_accum_steps,
     )
     if config.parallel != "pmap":
         return jax.jit(step, donate_argnums=0).lower(state, batch).compile()
@@ -173,15 +176,18 @@ def _compiled_step(config: ml_collections.ConfigDict, state: Any, batch: dict) -
     return pmapped.lower(*with_device_axis).compile()
 
 
-def _activation_bytes(model: Any, state: Any, batch: dict) -> int:
-    """Bytes of the batch and of every layer's output (Flax's captured intermediates)."""
+def _activation_bytes(model: Any, state: Any, batch: dict, grad_accum_steps: int) -> int:
+    """Bytes of the batch and of every layer's output (Flax's captured intermediates) for one micro-batch."""
     variables = {"params": state.params}
     if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
     _, captured = jax.eval_shape(
         functools.partial(model.apply, capture_intermediates=True, mutable=["intermediates"]),
         variables,
-        batch["image"],
+        jax.ShapeDtypeStruct(
+            (max(batch["image"].shape[0] // grad_accum_steps, 1), *batch["image"].shape[1:]),
+            batch["image"].dtype,
+        ),
     )
     return _nbytes(captured["intermediates"]) + _nbytes(batch)
 

@@ -107,7 +107,7 @@ def _step_functions(
     loss_fn: steps.LossFn,
     eval_loss_fn: steps.LossFn,
     prepare: Prepare,
-    check_finite: bool,
+    step_options: dict,
     axis_name: Optional[str],
     constrain_batch: Callable[[dict], dict] = lambda batch: batch,
 ):
@@ -116,7 +116,7 @@ def _step_functions(
     def train_step(state, batch, epoch):
         batch = prepare(constrain_batch(batch), epoch)
         return steps.train_step(
-            state, batch, loss_fn=loss_fn, axis_name=axis_name, check_finite=check_finite
+            state, batch, loss_fn=loss_fn, axis_name=axis_name, **step_options
         )
 
     def gathered(data, rows, extra):
@@ -125,7 +125,7 @@ def _step_functions(
     def train_loop(state, data, indices, epoch, start, count):
         num_rows = indices.shape[0]
         metrics = {"loss": jnp.zeros(num_rows), "accuracy": jnp.zeros(num_rows)}
-        if check_finite:
+        if step_options["check_finite"]:
             metrics["finite"] = jnp.ones(num_rows, bool)
 
         def body(i, carry):
@@ -156,12 +156,18 @@ def _step_functions(
     return train_step, train_loop, eval_step, eval_loop
 
 
-def check_batch_size(global_batch_size: int, num_devices: int) -> None:
-    """Raises a UserError unless the global batch splits evenly over the devices."""
-    if global_batch_size % num_devices:
+def check_batch_size(global_batch_size: int, num_devices: int, grad_accum_steps: int = 1) -> None:
+    """Raises a UserError unless the global batch splits evenly over the devices and micro-batches."""
+    if grad_accum_steps == 1 and global_batch_size % num_devices:
         raise UserError(
             f"config.batch_size={global_batch_size} does not divide by the "
             f"{num_devices} devices; set it to a multiple of {num_devices}"
+        )
+    parts = num_devices * grad_accum_steps
+    if global_batch_size % parts:
+        raise UserError(
+            f"config.batch_size={global_batch_size} does not split into {num_devices} devices x "
+            f"{grad_accum_steps} micro-batches (config.grad_accum_steps); set it to a multiple of {parts}"
         )
 
 
@@ -172,6 +178,7 @@ def make_data_parallel(
     eval_loss_fn: Optional[steps.LossFn] = None,
     prepare: Prepare = drop_index,
     check_finite: bool = True,
+    grad_accum_steps: int = 1,
     shard_params: bool = False,
     shard_params_min_size: int = 0,
 ) -> DataParallel:
@@ -184,6 +191,8 @@ def make_data_parallel(
       prepare: (pixel batch, epoch or None) -> the model's input batch, run
         inside the steps (fmjax.data.Dataset.prepare); by default the batch
         is the model's input already.
+      grad_accum_steps: micro-batches per device batch (see
+        fmjax.steps.train_step).
       check_finite: whether train steps report the "finite" flag (see
         fmjax.steps.train_step).
       shard_params: config.shard_params; "jit" only: shard the params and
@@ -191,16 +200,17 @@ def make_data_parallel(
       shard_params_min_size: config.shard_params_min_size; arrays with fewer
         elements stay replicated.
     """
+    step_options = {"check_finite": check_finite, "grad_accum_steps": grad_accum_steps}
     if mode == "pmap":
         if shard_params:
             raise UserError(
                 "config.shard_params needs config.parallel='jit' (pmap keeps a whole copy "
                 "on every device); set --config.parallel=jit or --config.shard_params=False"
             )
-        return _pmap_parallel(loss_fn, eval_loss_fn or loss_fn, prepare, check_finite)
+        return _pmap_parallel(loss_fn, eval_loss_fn or loss_fn, prepare, step_options)
     if mode == "jit":
         return _jit_parallel(
-            loss_fn, eval_loss_fn or loss_fn, prepare, check_finite, shard_params, shard_params_min_size
+            loss_fn, eval_loss_fn or loss_fn, prepare, step_options, shard_params, shard_params_min_size
         )
     raise UserError(f"config.parallel is {mode!r}; use one of {', '.join(PARALLEL_MODES)}")
 
@@ -220,10 +230,11 @@ def parallel_from_config(
         eval_loss_fn=get_loss(config.loss),
         prepare=prepare,
         check_finite=config.halt_on_nonfinite,
+        grad_accum_steps=config.grad_accum_steps,
         shard_params=config.shard_params,
         shard_params_min_size=config.shard_params_min_size,
     )
-    check_batch_size(config.batch_size, parallel.num_devices)
+    check_batch_size(config.batch_size, parallel.num_devices, config.grad_accum_steps)
     return parallel
 
 
@@ -253,13 +264,13 @@ def fsdp_partition_spec(
 
 
 def _pmap_parallel(
-    loss_fn: steps.LossFn, eval_loss_fn: steps.LossFn, prepare: Prepare, check_finite: bool
+    loss_fn: steps.LossFn, eval_loss_fn: steps.LossFn, prepare: Prepare, step_options: dict
 ) -> DataParallel:
     num_local = jax.local_device_count()
     mesh = global_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
     train_step, train_loop, eval_step, eval_loop = _step_functions(
-        loss_fn, eval_loss_fn, prepare, check_finite, axis_name=DATA_AXIS
+        loss_fn, eval_loss_fn, prepare, step_options, axis_name=DATA_AXIS
     )
     # Scalars (epoch, start, count) are the same on every device.
     train = jax.pmap(train_step, DATA_AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
@@ -371,7 +382,7 @@ def _jit_parallel(
     loss_fn: steps.LossFn,
     eval_loss_fn: steps.LossFn,
     prepare: Prepare,
-    check_finite: bool,
+    step_options: dict,
     shard_params: bool,
     min_size: int,
 ) -> DataParallel:
@@ -412,7 +423,7 @@ def _jit_parallel(
         loss_fn,
         eval_loss_fn,
         prepare,
-        check_finite,
+        step_options,
         axis_name=None,
         constrain_batch=lambda batch: constrain(batch, batch_sharding),
     )

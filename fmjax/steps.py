@@ -40,6 +40,7 @@ def train_step(
     loss_fn: LossFn = cross_entropy,
     axis_name: Optional[str] = None,
     check_finite: bool = True,
+    grad_accum_steps: int = 1,
 ) -> tuple[TrainState, dict[str, jnp.ndarray]]:
     """One forward and backward pass and one optimizer update.
 
@@ -52,26 +53,22 @@ def train_step(
         so every device applies the same update.
       check_finite: whether to add the "finite" flag (see `update_is_finite`);
         it costs one more read of the gradients.
+      grad_accum_steps: the batch's gradient is computed as the average over
+        this many equal micro-batches in one compiled loop, so only one
+        micro-batch's activations are alive at a time; the update is the
+        one a single pass over the batch gives (to float rounding), except
+        that BatchNorm sees each micro-batch's statistics. The batch size
+        must divide by it.
 
     Returns:
       The new state and {"loss", "accuracy"}, means over the (unmasked) batch,
       and, with check_finite, "finite": whether the loss, the gradients and
       the new batch statistics are free of NaN and Inf.
     """
-    mask = batch.get("mask")
-
-    def loss_and_aux(params):
-        logits, batch_stats = _logits(state, params, batch["image"], train=True)
-        return loss_fn(logits, batch["label"], mask), (logits, batch_stats)
-
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(
-        loss_and_aux, has_aux=True
-    )(state.params)
-    correct = _correct(logits, batch["label"])
-    accuracy = jnp.mean(correct) if mask is None else jnp.sum(correct * mask) / jnp.maximum(
-        jnp.sum(mask), 1.0
-    )
-    metrics = {"loss": loss, "accuracy": accuracy}
+    if grad_accum_steps == 1:
+        grads, batch_stats, metrics = _gradients(state, state.batch_stats, batch, loss_fn)
+    else:
+        grads, batch_stats, metrics = _accumulated_gradients(state, batch, loss_fn, grad_accum_steps)
     if axis_name is not None:
         grads, batch_stats, metrics = jax.lax.pmean(
             (grads, batch_stats, metrics), axis_name
@@ -86,6 +83,58 @@ def train_step(
         # without a host sync at every step.
         metrics["finite"] = update_is_finite(metrics["loss"], grads, batch_stats)
     return new_state, metrics
+
+
+def _gradients(state: TrainState, batch_stats: Any, batch: Batch, loss_fn: LossFn):
+    """(grads, new batch_stats, {"loss", "accuracy"}) of one pass over `batch`."""
+    mask = batch.get("mask")
+    state = state.replace(batch_stats=batch_stats)
+
+    def loss_and_aux(params):
+        logits, new_batch_stats = _logits(state, params, batch["image"], train=True)
+        return loss_fn(logits, batch["label"], mask), (logits, new_batch_stats)
+
+    (loss, (logits, new_batch_stats)), grads = jax.value_and_grad(
+        loss_and_aux, has_aux=True
+    )(state.params)
+    correct = _correct(logits, batch["label"])
+    accuracy = jnp.mean(correct) if mask is None else jnp.sum(correct * mask) / jnp.maximum(
+        jnp.sum(mask), 1.0
+    )
+    return grads, new_batch_stats, {"loss": loss, "accuracy": accuracy}
+
+
+def _accumulated_gradients(state: TrainState, batch: Batch, loss_fn: LossFn, num_micro: int):
+    """_gradients over `batch` as the count-weighted average over `num_micro` micro-batches."""
+    size = batch["label"].shape[0]
+    if size % num_micro:
+        raise ValueError(f"batch of {size} does not split into {num_micro} equal micro-batches")
+    micro = jax.tree.map(lambda x: x.reshape(num_micro, size // num_micro, *x.shape[1:]), batch)
+    mask = micro.get("mask")
+    counts = (
+        jnp.sum(mask, axis=1).astype(jnp.float32)
+        if mask is not None
+        else jnp.full((num_micro,), size // num_micro, jnp.float32)
+    )
+    weights = counts / jnp.maximum(jnp.sum(counts), 1.0)
+
+    def add(carry, inputs):
+        grads_sum, batch_stats, metrics_sum = carry
+        micro_batch, weight = inputs
+        grads, batch_stats, metrics = _gradients(state, batch_stats, micro_batch, loss_fn)
+        scale = lambda total, x: total + weight * x  # noqa: E731
+        return (
+            jax.tree.map(scale, grads_sum, grads),
+            batch_stats,
+            jax.tree.map(scale, metrics_sum, metrics),
+        ), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    metric_zeros = {"loss": jnp.zeros((), jnp.float32), "accuracy": jnp.zeros((), jnp.float32)}
+    (grads, batch_stats, metrics), _ = jax.lax.scan(
+        add, (zeros, state.batch_stats, metric_zeros), (micro, weights)
+    )
+    return grads, batch_stats, metrics
 
 
 def update_is_finite(loss: jnp.ndarray, grads: Any, batch_stats: Any) -> jnp.ndarray:

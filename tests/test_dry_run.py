@@ -50,3 +50,18 @@ def test_seed_config_shows_fc1_and_does_not_fit_one_cpu_device(capsys):
 def test_every_config_plans(path, capsys):
     out = dry_run(capsys, "--config", path, "--config.image_size=32")
     assert "flops" in out and "devices: 8 x cpu" in out
+
+
+def test_micro_batches_cut_the_activations_the_dry_run_counts(capsys):
+    from fmjax.config import base_config
+    from fmjax.dry_run import plan_run
+
+    config = base_config()
+    config.batch_size = 64
+    config.parallel = "jit"
+    whole = plan_run(config)
+    config.grad_accum_steps = 4
+    micro = plan_run(config)
+    batch_bytes = 64 // whole.num_devices * (16 * 16 * 3 * 4 + 4)  # images and labels, counted whole
+    assert micro.activation_bytes - batch_bytes == pytest.approx((whole.activation_bytes - batch_bytes) / 4, rel=0.01)
+    assert micro.state_bytes == whole.state_bytes

@@ -108,3 +108,13 @@ def test_label_smoothing_trains_but_evaluation_reports_the_plain_loss():
     np.testing.assert_allclose(
         float(sums["loss_sum"]) / GLOBAL_BATCH, float(cross_entropy(logits, batch["label"])), rtol=1e-5
     )
+
+
+def test_a_batch_that_does_not_split_into_micro_batches_is_a_user_error():
+    check_batch_size(32, 8, 4)
+    with pytest.raises(UserError) as error:
+        check_batch_size(24, 8, 2)
+    assert str(error.value) == (
+        "config.batch_size=24 does not split into 8 devices x 2 micro-batches "
+        "(config.grad_accum_steps); set it to a multiple of 16"
+    )
