@@ -166,7 +166,8 @@ def check_batch_size(global_batch_size: int, num_devices: int, grad_accum_steps:
     parts = num_devices * grad_accum_steps
     if global_batch_size % parts:
         raise UserError(
-            f"config.batch_size={global_batch_size} does not split into {num_devices} devices x "
+            f"config.batch_size={global_batch_size} does not split into {num_devices} "
+            f"device{'s' * (num_devices != 1)} x "
             f"{grad_accum_steps} micro-batches (config.grad_accum_steps); set it to a multiple of {parts}"
         )
 

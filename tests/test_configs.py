@@ -11,7 +11,8 @@ from fmjax.config import base_config
 from fmjax.evaluation import evaluate_checkpoint
 from fmjax.trainer import train_and_evaluate
 
-CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
+# The shipped configs, not configs/__init__.py.
+CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "[!_]*.py")))
 
 
 def load(path):
