@@ -28,6 +28,9 @@ def base_config() -> ml_collections.ConfigDict:
     # When stderr is not a terminal (a file, CI), no progress bar: one line per
     # epoch, and one within an epoch at most this often.
     config.progress_line_seconds = 120.0
+    # Trace this many steps after the first compilation with jax.profiler into
+    # WORKDIR/tensorboard (TensorBoard's Profile tab); 0 = off.
+    config.profile_steps = 0
     # Compiled programs kept between runs (JAX's persistent cache); "" = off.
     config.compilation_cache_dir = "~/.cache/fmjax/jax"
     config.keep_checkpoints = 3  # the newest this many are kept

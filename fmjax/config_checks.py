@@ -140,6 +140,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     check.integer("checkpoint_every_steps", 0)
     check.number("host_check_seconds", above=0)
     check.number("progress_line_seconds", at_least=0)
+    check.integer("profile_steps", 0)
     check.text("compilation_cache_dir")
     check.integer("keep_checkpoints", 1)
     check.boolean("checkpoint_async")

@@ -43,6 +43,7 @@ MAY_CHANGE_ON_RESUME = {
     "host_check_seconds": "how often the host looks in, not what the steps compute",
     "compilation_cache_dir": "where compiled programs are kept between runs",
     "progress_line_seconds": "how often a log file hears of an epoch's progress",
+    "profile_steps": "what is traced, not what is computed",
     "grad_accum_steps": "the same update to float rounding, in less memory (a resume on a smaller device)",
 }
 # Data facts recorded beside the config, with their names in messages.

@@ -16,9 +16,10 @@ NonFiniteError before anything non-finite is saved.
 
 import contextlib
 import dataclasses
+import os
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import ml_collections
@@ -40,7 +41,7 @@ from fmjax.optim import create_learning_rate_schedule, create_optimizer
 from fmjax.parallel import DataParallel, abstract_state, parallel_from_config
 from fmjax.preemption import Preempted, watch_for_sigterm
 from fmjax.state import create_train_state
-from fmjax.tensorboard import EpochSummaries
+from fmjax.tensorboard import EVENTS_SUBDIR, EpochSummaries
 from fmjax.workdir_lock import hold_workdir
 
 METRICS_FILE = rundir.METRICS_FILE
@@ -235,6 +236,42 @@ class StepsPerCall:
         self._count = count
 
 
+class StepProfile:
+    """Traces `num_steps` steps after the first compilation with jax.profiler, into TensorBoard's folder.
+
+    The trace shows where a step's time goes on the user's own hardware:
+    `tensorboard --logdir WORKDIR`, Profile tab (with the tensorboard-plugin-profile package).
+    """
+
+    def __init__(self, num_steps: int, directory: str, report: Callable[[str], None]):
+        self._left = num_steps
+        self._directory = directory
+        self._report = report
+        self._tracing = False
+
+    def before_call(self, count: int) -> int:
+        """The step count the next call may run: no more than the steps still to trace."""
+        if self._left <= 0:
+            return count
+        if not self._tracing:
+            jax.profiler.start_trace(self._directory)
+            self._tracing = True
+        return min(count, self._left)
+
+    def after_call(self, count: int) -> None:
+        if not self._tracing:
+            return
+        self._left -= count
+        if self._left <= 0:
+            self.stop()
+            self._report(f"profile of the traced steps written to {self._directory}")
+
+    def stop(self) -> None:
+        if self._tracing:
+            self._tracing = False
+            jax.profiler.stop_trace()
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False
 ) -> dict[str, Any]:
@@ -318,6 +355,8 @@ def train_and_evaluate(
         interactive = sys.stderr.isatty()
         last_progress_line = time.monotonic()
         compiled = False  # the first call compiles; images per second leave it out
+        profile = StepProfile(config.profile_steps, os.path.join(workdir, EVENTS_SUBDIR), log)
+        on_exit.callback(profile.stop)
 
         def save(epoch: int, next_batch: int, sums: TrainSums) -> None:
             meta = checkpoint_meta(dataset, config, epoch, next_batch, sums, first_loss)
@@ -375,6 +414,8 @@ def train_and_evaluate(
                 every = config.checkpoint_every_steps
                 until_due = every - step % every if every > 0 else steps_per_epoch
                 count = steps_per_call.next(min(until_due, steps_per_epoch - batch_index))
+                if compiled:
+                    count = profile.before_call(count)
                 started = time.perf_counter()
                 if data.placement == "device":
                     device_state, metrics = parallel.train_loop(
@@ -400,6 +441,7 @@ def train_and_evaluate(
                     timed_seconds, timed_steps = timed_seconds + elapsed, timed_steps + count
                 compiled = True
                 steps_per_call.measured(count, elapsed)
+                profile.after_call(count)
                 sums = add_checked(sums, host_metrics, step + count)
                 batch_index += count
                 step += count

@@ -143,3 +143,17 @@ def test_a_log_that_is_not_a_terminal_gets_lines_not_carriage_returns(tmp_path, 
     ]
     assert within[0].startswith("epoch 1/1  batch 1/21  train loss so far ")
     assert sum(line.startswith("epoch 1/1  step 21") for line in captured.out.splitlines()) == 1
+
+
+def test_profile_steps_trace_the_train_loop_into_tensorboards_folder(tmp_path, capsys):
+    import glob
+    import gzip
+    import json
+
+    trainer.train_and_evaluate(tiny_config(num_epochs=1, profile_steps=3), str(tmp_path))
+    assert f"profile of the traced steps written to {tmp_path / 'tensorboard'}" in capsys.readouterr().out
+    (trace,) = glob.glob(str(tmp_path / "tensorboard" / "plugins" / "profile" / "*" / "*.trace.json.gz"))
+    with gzip.open(trace) as f:
+        names = {event.get("name") for event in json.load(f)["traceEvents"]}
+    assert any("train_loop" in str(name) for name in names)
+    assert glob.glob(str(tmp_path / "tensorboard" / "plugins" / "profile" / "*" / "*.xplane.pb"))
