@@ -375,7 +375,7 @@ def predict_main(argv: Sequence[str]) -> int:
     parser = OneLineArgumentParser(
         description="Classifies image files with a trained run: predict.py --workdir DIR IMAGE [IMAGE ...]"
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="Image files, or folders walked for .jpg, .jpeg, .png, .gif and .bmp files.")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="Image files, or folders walked for image files (.jpg .png .webp .tif ...).")
     parser.add_argument("--workdir", required=True, help="The run's directory, as train.py wrote it.")
     parser.add_argument("--step", type=int, help="The checkpoint's step (default: the latest).")
     parser.add_argument("--top_k", type=int, default=3, help="Classes listed per image.")
@@ -389,6 +389,23 @@ def predict_main(argv: Sequence[str]) -> int:
     predictor = load_predictor(args.workdir, args.step, args.batch_size)
     results = predictor.predict(paths, args.top_k)
     print(json.dumps(results, indent=2) if args.json else format_predictions(results))
+    return EXIT_OK
+
+
+def export_main(argv: Sequence[str]) -> int:
+    """scripts/export.py: a trained run as a TensorFlow SavedModel and a jax.export artifact."""
+    parser = OneLineArgumentParser(
+        description="Exports a trained run for use without fmjax: export.py --workdir DIR --out DIR"
+    )
+    parser.add_argument("--workdir", required=True, help="The run's directory, as train.py wrote it.")
+    parser.add_argument("--out", required=True, help="A new folder for saved_model/, model.jax_export and class_names.json.")
+    parser.add_argument("--step", type=int, help="The checkpoint's step (default: the latest).")
+    parser.add_argument("--verbose", action="store_true", help="Show tracebacks of errors.")
+    args = parser.parse_args(argv[1:])
+    from fmjax.export import export_run
+
+    for path in export_run(args.workdir, args.out, args.step):
+        print(path)
     return EXIT_OK
 
 
@@ -428,3 +445,7 @@ def predict_command() -> None:
 
 def plot_metrics_command() -> None:
     sys.exit(run(plot_metrics_main))
+
+
+def export_command() -> None:
+    sys.exit(run(export_main))

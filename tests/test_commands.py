@@ -16,9 +16,9 @@ def console_scripts():
         return tomllib.load(f)["project"]["scripts"]
 
 
-def test_the_four_commands_point_at_functions():
+def test_the_five_commands_point_at_functions():
     scripts = console_scripts()
-    assert sorted(scripts) == ["fmjax-evaluate", "fmjax-plot", "fmjax-predict", "fmjax-train"]
+    assert sorted(scripts) == ["fmjax-evaluate", "fmjax-export", "fmjax-plot", "fmjax-predict", "fmjax-train"]
     for target in scripts.values():
         module, name = target.split(":")
         assert callable(getattr(importlib.import_module(module), name))
@@ -43,6 +43,7 @@ def test_absl_commands_help_is_one_line_per_flag(main, flags, capsys):
     "main, flags",
     [
         (cli.predict_main, ["--workdir", "--step", "--top_k", "--batch_size", "--json", "--verbose"]),
+        (cli.export_main, ["--workdir", "--out", "--step", "--verbose"]),
         (cli.plot_metrics_main, ["--out", "--dpi", "--verbose"]),
     ],
 )
