@@ -301,7 +301,12 @@ def restore_newest_readable(
     """
     damaged = []
     found = None
-    for step in sorted(manager.all_steps(), reverse=True):
+    steps = sorted(manager.all_steps(), reverse=True)
+    if steps:
+        # Before the first read: TensorStore's threads may report a failed
+        # read before the except clause below runs.
+        _quiet_reads_outliving_a_failed_restore()
+    for step in steps:
         try:
             found = (step, *restore_checkpoint(manager, step, abstract_state))
             break
@@ -374,8 +379,19 @@ def _quiet_reads_outliving_a_failed_restore() -> None:
 
     hook.quiets_closed_event_loops = True
     sys.unraisablehook = hook
-    # The other reads' futures, failed too and never awaited, are reported by
-    # asyncio's logger when collected ("Future exception was never retrieved").
+    # TensorStore's threads report the same error through PyErr_Print, that
+    # is, sys.excepthook, some of the time.
+    previous_excepthook = sys.excepthook
+
+    def excepthook(kind, value, traceback):
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous_excepthook(kind, value, traceback)
+
+    sys.excepthook = excepthook
+    # The other reads' futures and tasks, failed too and never awaited, are
+    # reported by asyncio's logger when collected ("Future exception was never
+    # retrieved", "Task exception was never retrieved").
     logging.getLogger("asyncio").addFilter(_UnretrievedReadErrors())
 
 
@@ -383,7 +399,9 @@ class _UnretrievedReadErrors(logging.Filter):
     """Drops asyncio's reports of failed futures nobody awaited: the failed restore's other reads."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Future exception was never retrieved")
+        return not str(record.msg).startswith(
+            ("Future exception was never retrieved", "Task exception was never retrieved")
+        )
 
 
 def _existing_manager(workdir: str, step: Optional[int]) -> tuple[ocp.CheckpointManager, int]:
