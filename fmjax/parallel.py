@@ -292,6 +292,13 @@ def _pmap_parallel(
         # pmap's outputs are process-local: [num_local, ...] over this process's devices.
         return jax.tree.map(lambda m: m[0], tree)
 
+    def metrics_of_first_device(step):
+        def run(*args):
+            state, metrics = step(*args)
+            return state, first_copy(metrics)
+
+        return run
+
     def put_state(state):
         local_state = jax.tree.map(_process_local_copy, state)
         return copy_per_local_device(
@@ -333,12 +340,8 @@ def _pmap_parallel(
     return DataParallel(
         mode="pmap",
         num_devices=jax.device_count(),
-        train_step=lambda state, batch, epoch=0: (
-            lambda out: (out[0], first_copy(out[1]))
-        )(train(state, batch, epoch)),
-        train_loop=lambda state, data, indices, epoch, start, count: (
-            lambda out: (out[0], first_copy(out[1]))
-        )(loop(state, data, indices, epoch, start, count)),
+        train_step=_with_default_epoch(metrics_of_first_device(train)),
+        train_loop=metrics_of_first_device(loop),
         eval_step=lambda state, batch: first_copy(evaluate(state, batch)),
         eval_loop=lambda state, data, indices, masks: first_copy(
             evaluate_all(state, data, indices, masks)

@@ -174,22 +174,24 @@ def place_data(
     """Loads both splits once into host memory or onto the devices, as `placement` says.
 
     Returns:
-      The data set (with "host", its splits now read from memory) and where
+      The data set (with "host", its splits now read from memory; with
+      "device", unchanged: batches come from the devices' copies) and where
       the pixels are.
     """
     if placement == "none":
         return dataset, TrainingData("none")
     started = time.perf_counter()
-    dataset = dataclasses.replace(
-        dataset, train_split=in_memory(dataset.train_split), test_split=in_memory(dataset.test_split)
-    )
-    data = TrainingData("host")
     if placement == "device":
         data = TrainingData(
             "device",
             parallel.put_data(split_pixels(dataset.train_split)),
             parallel.put_data(split_pixels(dataset.test_split)),
         )
+    else:
+        dataset = dataclasses.replace(
+            dataset, train_split=in_memory(dataset.train_split), test_split=in_memory(dataset.test_split)
+        )
+        data = TrainingData("host")
     log(
         f"{dataset.num_train + dataset.num_test} images loaded into {placement} memory "
         f"({dataset.pixel_bytes() / 2**20:.1f} MiB) in {time.perf_counter() - started:.1f} s"
@@ -358,6 +360,9 @@ def train_and_evaluate(
         profile = StepProfile(config.profile_steps, os.path.join(workdir, EVENTS_SUBDIR), log)
         on_exit.callback(profile.stop)
 
+        def images_per_second(steps: int, seconds: float) -> float:
+            return steps * config.batch_size / seconds if seconds > 0 else float("nan")
+
         def save(epoch: int, next_batch: int, sums: TrainSums) -> None:
             meta = checkpoint_meta(dataset, config, epoch, next_batch, sums, first_loss)
             ckpt.save_checkpoint(manager, parallel.get_state(device_state), meta)
@@ -448,10 +453,10 @@ def train_and_evaluate(
                 progress.update(count)
                 if not interactive and time.monotonic() - last_progress_line >= config.progress_line_seconds:
                     last_progress_line = time.monotonic()
-                    rate = timed_steps * config.batch_size / timed_seconds if timed_seconds > 0 else float("nan")
                     log(
                         f"epoch {epoch + 1}/{config.num_epochs}  batch {batch_index}/{steps_per_epoch}  "
-                        f"train loss so far {sums.loss / max(sums.steps, 1):.4f}  {rate:.0f} images/s"
+                        f"train loss so far {sums.loss / max(sums.steps, 1):.4f}  "
+                        f"{images_per_second(timed_steps, timed_seconds):.0f} images/s"
                     )
                 ckpt.raise_if_save_failed(manager)
                 # Every process asks about every step, so several processes agree on the stop.
@@ -477,9 +482,7 @@ def train_and_evaluate(
                 "train_accuracy": sums.accuracy / sums.steps if sums.steps else float("nan"),
                 "test_loss": test["loss"],
                 "test_accuracy": test["accuracy"],
-                "images_per_second": (
-                    timed_steps * config.batch_size / timed_seconds if timed_seconds > 0 else float("nan")
-                ),
+                "images_per_second": images_per_second(timed_steps, timed_seconds),
             }
             log(
                 f"epoch {record['epoch']}/{config.num_epochs}  step {record['step']}  "

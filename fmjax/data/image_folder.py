@@ -52,6 +52,8 @@ _SIGNATURES = (
     b"P2", b"P3", b"P5", b"P6",  # PGM and PPM, ASCII and binary
     b"II*\x00", b"MM\x00*",  # TIFF, little- and big-endian
 )
+# Formats that may hold more than 8 bits per channel, besides PNG: TIFF, PGM and PPM.
+_MAYBE_HIGH_DEPTH_SIGNATURES = (b"II*\x00", b"MM\x00*", b"P2", b"P3", b"P5", b"P6")
 # PIL modes of more than 8 bits per channel, kept as float32.
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 # PIL releases the GIL while it decodes and resizes, so threads decode in parallel.
@@ -155,12 +157,12 @@ def _folder_split(
             f"fmjax reads {' '.join(IMAGE_EXTENSIONS)}"
         )
 
-    problems = [_inspect(path) for path in paths]
+    problems, high_depth = zip(*map(_inspect, paths)) if paths else ((), ())
     if any(problems) and on_bad_image == "error":
         raise UserError(f"{next(p for p in problems if p)} (or set config.data.on_bad_image=skip)")
     keep = [i for i, problem in enumerate(problems) if not problem]
     if on_bad_image == "skip":
-        undecodable = set(_undecodable([paths[i] for i in keep]))
+        undecodable = set(_undecodable([paths[i] for i in keep], [high_depth[i] for i in keep]))
         keep = [i for position, i in enumerate(keep) if position not in undecodable]
         skipped = sorted(set(range(len(paths))) - set(keep))
         if skipped:
@@ -172,6 +174,7 @@ def _folder_split(
             )
     paths = [paths[i] for i in keep]
     labels = [labels[i] for i in keep]
+    high_depth = [high_depth[i] for i in keep]
 
     if every_class_needed:
         present = set(labels)
@@ -186,7 +189,7 @@ def _folder_split(
             f"{split_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
             "put them in one sub-folder per class"
         )
-    return _decoding_split(paths, labels, image_size, "(or set config.data.on_bad_image=skip)")
+    return _decoding_split(paths, labels, high_depth, image_size, "(or set config.data.on_bad_image=skip)")
 
 
 def image_files_split(paths: Sequence[str], image_size: int) -> Split:
@@ -196,15 +199,16 @@ def image_files_split(paths: Sequence[str], image_size: int) -> Split:
       UserError: naming the first file that is not an image fmjax reads
         (IMAGE_KINDS) or cannot be read.
     """
-    problems = [_inspect(path) for path in paths]
+    problems, high_depth = zip(*map(_inspect, paths)) if paths else ((), ())
     if any(problems):
         raise UserError(next(p for p in problems if p))
-    return _decoding_split(list(paths), [0] * len(paths), image_size, "")
+    return _decoding_split(list(paths), [0] * len(paths), list(high_depth), image_size, "")
 
 
-def _decoding_split(paths: list[str], labels: list[int], image_size: int, advice: str) -> Split:
+def _decoding_split(
+    paths: list[str], labels: list[int], high_depth: list[bool], image_size: int, advice: str
+) -> Split:
     """A Split decoding each path when loaded; a damaged file is named by its path."""
-    high_depth = [_is_high_depth(path) for path in paths]
     pixel_dtype = np.dtype(np.float32 if any(high_depth) else np.uint8)
 
     def load_one(index: int) -> np.ndarray:
@@ -283,45 +287,45 @@ def _counted(paths: list[str], noun: str, split_dir: Path) -> str:
     return f"{_plural(len(paths), noun)} ({example}{', ...' * (len(paths) > 1)})"
 
 
-def _inspect(path: str) -> str:
-    """Why a file cannot be read as an image, by its first bytes ("" if it can)."""
+def _inspect(path: str) -> tuple[str, bool]:
+    """Why a file cannot be read as an image ("" if it can), and whether it holds more than 8 bits per channel.
+
+    Both from its first bytes: a PNG's IHDR gives its bit depth (byte 24);
+    TIFF and PGM/PPM, the formats that can hold 16-bit or float pixels beside
+    PNG, are asked of PIL, which reads their header only.
+    """
     if not _is_regular_file(path):
-        return f"{path} is not a regular file; replace it with an image or delete it"
+        return f"{path} is not a regular file; replace it with an image or delete it", False
     try:
         with open(path, "rb") as image_file:
             header = image_file.read(_HEADER_BYTES)
     except OSError as error:
-        return f"cannot read image {path} ({error.strerror}); fix its permissions or delete it"
+        return f"cannot read image {path} ({error.strerror}); fix its permissions or delete it", False
     webp = header.startswith(b"RIFF") and header[8:12] == b"WEBP"
     if not (header.startswith(_SIGNATURES) or webp):
-        return f"{path} is not {IMAGE_KINDS}; replace or delete it"
-    return ""
+        return f"{path} is not {IMAGE_KINDS}; replace or delete it", False
+    if header.startswith(_PNG_SIGNATURE):
+        return "", len(header) > 24 and header[24] == 16
+    if header.startswith(_MAYBE_HIGH_DEPTH_SIGNATURES):
+        try:
+            with Image.open(path) as image:
+                return "", image.mode in _HIGH_DEPTH_MODES
+        except _DECODE_ERRORS:
+            return "", False  # named when decoded
+    return "", False
 
 
-def _is_high_depth(path: str) -> bool:
-    """Whether `path` holds more than 8 bits per channel: a 16-bit PNG (its IHDR's bit depth, byte 24), or a 16-bit or float image by PIL's mode."""
-    try:
-        with open(path, "rb") as image_file:
-            header = image_file.read(_HEADER_BYTES)
-        if header.startswith(_PNG_SIGNATURE):
-            return len(header) > 24 and header[24] == 16
-        with Image.open(path) as image:  # reads the header only
-            return image.mode in _HIGH_DEPTH_MODES
-    except (OSError, SyntaxError, ValueError):
-        return False
-
-
-def _undecodable(paths: list[str]) -> list[int]:
+def _undecodable(paths: list[str], high_depth: list[bool]) -> list[int]:
     """The positions in `paths` of the images that fail to decode, found by decoding each once."""
 
-    def fails(path: str) -> bool:
+    def fails(path: str, deep: bool) -> bool:
         try:
-            _load_image(path, 1, _is_high_depth(path))
+            _load_image(path, 1, deep)
         except _DECODE_ERRORS:
             return True
         return False
 
-    return [i for i, failed in enumerate(_DECODERS.map(fails, paths)) if failed]
+    return [i for i, failed in enumerate(_DECODERS.map(fails, paths, high_depth)) if failed]
 
 
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)

@@ -97,10 +97,15 @@ def array_split(images: np.ndarray, labels: np.ndarray, image_size: int) -> Spli
     """
     dtype = np.uint8 if images.dtype == np.uint8 else np.float32
     pixels = np.stack([resize_image(image.astype(dtype), image_size) for image in images])
+    return _served_from(pixels, labels)
+
+
+def _served_from(pixels: np.ndarray, labels: np.ndarray) -> Split:
+    """A split over pixels already in memory, [num_examples, H, W, 3]."""
     return Split(
         labels=np.asarray(labels, np.int32),
         load=lambda indices: pixels[np.asarray(indices)],
-        pixel_dtype=np.dtype(dtype),
+        pixel_dtype=pixels.dtype,
     )
 
 
@@ -368,8 +373,7 @@ def split_pixels(split: Split) -> dict[str, np.ndarray]:
 
 def in_memory(split: Split) -> Split:
     """`split` loaded whole once, then served from memory."""
-    pixels = split.load(np.arange(split.num_examples))
-    return Split(split.labels, lambda indices: pixels[np.asarray(indices)], split.pixel_dtype)
+    return _served_from(split.load(np.arange(split.num_examples)), split.labels)
 
 
 def _loaded_ahead(
