@@ -52,20 +52,16 @@ def _with_shipped_config(argv: Sequence[str]) -> list[str]:
     a file of the same name in the current folder, wins.
     """
     argv = list(argv)
-    for i, arg in enumerate(argv):
-        if arg.startswith("--config="):
-            position, value = i, arg.split("=", 1)[1]
-        elif arg == "--config" and i + 1 < len(argv):
-            position, value = i + 1, argv[i + 1]
-        else:
-            continue
-        name = value[:-3] if value.endswith(".py") else value
-        if os.path.exists(value) or not re.fullmatch(r"[A-Za-z0-9_]+", name):
-            return argv
-        shipped = importlib.resources.files("fmjax.configs").joinpath(f"{name}.py")
-        if shipped.is_file():
-            argv[position] = f"--config={shipped}" if position == i else str(shipped)
+    found = _config_argument(argv)
+    if found is None:
         return argv
+    position, value = found
+    name = value[:-3] if value.endswith(".py") else value
+    if os.path.exists(value) or not re.fullmatch(r"[A-Za-z0-9_]+", name):
+        return argv
+    shipped = importlib.resources.files("fmjax.configs").joinpath(f"{name}.py")
+    if shipped.is_file():
+        argv[position] = argv[position][: -len(value)] + str(shipped)
     return argv
 
 
@@ -78,14 +74,20 @@ def shipped_config_names() -> list[str]:
     )
 
 
-def _config_path(argv: Sequence[str]) -> Optional[str]:
-    """The --config value in argv, read before absl parses it (to name a missing file)."""
+def _config_argument(argv: Sequence[str]) -> Optional[tuple[int, str]]:
+    """(position, value) of --config in argv, read before absl parses it; argv[position] ends with the value."""
     for i, arg in enumerate(argv):
         if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
+            return i, arg.split("=", 1)[1]
         if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
+            return i + 1, argv[i + 1]
     return None
+
+
+def _config_path(argv: Sequence[str]) -> Optional[str]:
+    """The --config value in argv (to name a missing file)."""
+    found = _config_argument(argv)
+    return found[1] if found else None
 
 
 def define_common_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
