@@ -1,16 +1,16 @@
 """fmjax: the seed's image classifier as pure JAX/Flax functions.
 
-The pure core, for research code: the models (fmjax.models), the losses
-(fmjax.losses), the optimizer from a config (fmjax.create_optimizer), the
+The pure core, for research code: the models (fmjax.core.models), the losses
+(fmjax.core.losses), the optimizer from a config (fmjax.create_optimizer), the
 train state (fmjax.create_train_state), the steps (fmjax.train_step,
 fmjax.eval_step) and the trained params of a run (fmjax.restore_params).
 """
 
-from fmjax import losses, models
-from fmjax.checkpoint import restore_params
-from fmjax.optim import create_optimizer
-from fmjax.state import TrainState, create_train_state
-from fmjax.steps import eval_step, train_step
+from fmjax.core import losses, models
+from fmjax.core.optim import create_optimizer
+from fmjax.core.state import TrainState, create_train_state
+from fmjax.core.steps import eval_step, train_step
+from fmjax.run.checkpoint import restore_params
 
 __all__ = [
     "TrainState",

@@ -4,7 +4,7 @@ What is timed, each with warm-up calls first and then `repeats` calls whose
 median is reported with its spread:
 
 - the train step (forward, backward and Adam update) of fmjax, through both
-  data-parallel forms of fmjax.parallel, and of the seed's model in PyTorch,
+  data-parallel forms of fmjax.parallel.modes, and of the seed's model in PyTorch,
   eager and under torch.compile;
 - the machine's float32 matmul rate and memory bandwidth, which with XLA's
   cost analysis of the compiled step give the step's roofline bound;
@@ -35,15 +35,15 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from fmjax import steps
-from fmjax.runtime import use_freed_memory_again
 from fmjax.config import base_config
+from fmjax.core import steps
+from fmjax.core.losses import cross_entropy
+from fmjax.core.models import create_model
+from fmjax.core.optim import create_optimizer
+from fmjax.core.state import create_train_state
 from fmjax.errors import UserError
-from fmjax.losses import cross_entropy
-from fmjax.models import create_model
-from fmjax.optim import create_optimizer
-from fmjax.parallel import PARALLEL_MODES, make_data_parallel
-from fmjax.state import create_train_state
+from fmjax.parallel.modes import PARALLEL_MODES, make_data_parallel
+from fmjax.run.runtime import use_freed_memory_again
 
 # The issue's goals; the report shows them, nothing enforces them.
 TARGETS = {
@@ -316,7 +316,7 @@ def fmjax_step(
     """fmjax's train step in data-parallel form `mode` over all local devices, ready to time.
 
     Args:
-      mode: "pmap" or "jit" (see fmjax.parallel).
+      mode: "pmap" or "jit" (see fmjax.parallel.modes).
       steps_per_call: 1 dispatches one step from the host per call; more run
         that many steps in one compiled loop over data on the devices, as
         train.py does when the data fit there.
@@ -645,7 +645,7 @@ def run_benchmark(
     if batch_size < 1 or repeats < 1 or warmup < 0:
         raise UserError("batch size and repeats must be at least 1, warm-up at least 0; raise them")
     # As train.py does: freed step buffers are reused rather than returned to
-    # the system (fmjax.runtime); it applies to PyTorch's steps as well.
+    # the system (fmjax.run.runtime); it applies to PyTorch's steps as well.
     use_freed_memory_again()
     matmul = matmul_gflops(matmul_size, warmup, repeats)
     bandwidth = memory_bandwidth_gbs(bandwidth_floats, warmup, repeats)

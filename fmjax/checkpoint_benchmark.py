@@ -19,7 +19,8 @@ import statistics
 
 import ml_collections
 
-from fmjax.trainer import METRICS_FILE, train_and_evaluate
+from fmjax.run.rundir import METRICS_FILE
+from fmjax.run.trainer import train_and_evaluate
 
 # name -> (config.checkpoint_every_steps is set, config.checkpoint_async)
 VARIANTS = {"none": (False, True), "sync": (True, False), "async": (True, True)}

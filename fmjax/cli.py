@@ -251,7 +251,7 @@ def run(main: Callable[[Sequence[str]], int], argv: Optional[Sequence[str]] = No
 
 
 def define_distributed_flags(flag_values: flags.FlagValues) -> None:
-    """Flags that make this process one of a multi-process run (see fmjax.distributed)."""
+    """Flags that make this process one of a multi-process run (see fmjax.parallel.distributed)."""
     flags.DEFINE_string(
         "coordinator_address", None,
         "HOST:PORT of process 0's coordinator in a multi-process run (or $JAX_COORDINATOR_ADDRESS).",
@@ -275,7 +275,7 @@ def join_process_group(flag_values: flags.FlagValues) -> None:
 
     Call it before anything imports the trainer's device code or touches a device.
     """
-    from fmjax import distributed
+    from fmjax.parallel import distributed
 
     group = distributed.process_group(
         flag_values.coordinator_address,
@@ -309,20 +309,20 @@ def train_main(argv: Sequence[str]) -> int:
     flag_values, config, workdir = parse_flags(
         argv, _define_train_flags, "Trains a config's model: train.py --config CONFIG [--workdir DIR] [--config.KEY=VALUE ...]"
     )
-    from fmjax.config_checks import check_config
+    from fmjax.run.config_checks import check_config
 
     check_config(config)  # before any process joins, reads data or writes
     join_process_group(flag_values)
     if flag_values.dry_run:
-        from fmjax.dry_run import format_plan, plan_run
+        from fmjax.tools.dry_run import format_plan, plan_run
 
         print(format_plan(plan_run(config)))
         return EXIT_OK
     import jax
 
-    from fmjax.divergence import LossGrowthError
-    from fmjax.preemption import Preempted
-    from fmjax.trainer import NonFiniteError, train_and_evaluate
+    from fmjax.run.divergence import LossGrowthError
+    from fmjax.run.preemption import Preempted
+    from fmjax.run.trainer import NonFiniteError, train_and_evaluate
 
     try:
         record = train_and_evaluate(config, workdir, allow_config_change=flag_values.allow_config_change)
@@ -351,14 +351,14 @@ def evaluate_main(argv: Sequence[str]) -> int:
     flag_values, config, workdir = parse_flags(
         argv, _define_evaluate_flags, "Evaluates a run's checkpoint: evaluate.py --config CONFIG --workdir DIR [--step N]"
     )
-    from fmjax.config_checks import check_config
+    from fmjax.run.config_checks import check_config
 
     check_config(config)
     join_process_group(flag_values)
     import jax
 
-    from fmjax import rundir
-    from fmjax.evaluation import evaluate_checkpoint
+    from fmjax.run import rundir
+    from fmjax.tools.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(config, workdir, flag_values.step, figures_dir=workdir)
     if jax.process_index() != 0:  # every process evaluates its share; process 0 reports
@@ -385,7 +385,7 @@ def predict_main(argv: Sequence[str]) -> int:
     parser.add_argument("--json", action="store_true", help='Print a JSON list of {"path", "predictions": [{"class", "probability"}]}.')
     parser.add_argument("--verbose", action="store_true", help="Show tracebacks of errors.")
     args = parser.parse_args(argv[1:])
-    from fmjax.predict import find_image_paths, format_predictions, load_predictor
+    from fmjax.tools.predict import find_image_paths, format_predictions, load_predictor
 
     paths = find_image_paths(args.images, warn=lambda line: print(line, file=sys.stderr))
     predictor = load_predictor(args.workdir, args.step, args.batch_size)
@@ -404,7 +404,7 @@ def export_main(argv: Sequence[str]) -> int:
     parser.add_argument("--step", type=int, help="The checkpoint's step (default: the latest).")
     parser.add_argument("--verbose", action="store_true", help="Show tracebacks of errors.")
     args = parser.parse_args(argv[1:])
-    from fmjax.export import export_run
+    from fmjax.tools.export import export_run
 
     for path in export_run(args.workdir, args.out, args.step):
         print(path)
@@ -416,7 +416,7 @@ LEARNING_CURVES_FILE = "learning_curves.png"
 
 def plot_metrics_main(argv: Sequence[str]) -> int:
     """scripts/plot_metrics.py: learning curves of one or more runs, overlaid, to a PNG."""
-    from fmjax.plots import DPI, plot_learning_curves
+    from fmjax.tools.plots import DPI, plot_learning_curves
 
     parser = OneLineArgumentParser(
         description="Plots learning curves: plot_metrics.py RUN_DIR [RUN_DIR ...] [--out PATH]"

@@ -4,7 +4,7 @@
 
 Each process reads its share of every batch and joins the run through a
 coordinator on a free localhost port (the JAX_* variables of
-fmjax.distributed). The exit status is the first failing process's; the other
+fmjax.parallel.distributed). The exit status is the first failing process's; the other
 processes are then stopped.
 """
 
@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from fmjax.distributed import launch_local
+from fmjax.parallel.distributed import launch_local
 
 TRAIN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train.py")
 

@@ -25,7 +25,7 @@ def checkpoint_arrays(workdir, step):
     import numpy as np
     import orbax.checkpoint as ocp
 
-    from fmjax import checkpoint as ckpt
+    from fmjax.run import checkpoint as ckpt
 
     manager = ckpt.checkpoint_manager(str(workdir), create=False)
     metadata = manager.item_metadata(step)["state"]

@@ -12,11 +12,11 @@ import optax
 import pytest
 
 import fmjax
-from fmjax import checkpoint as ckpt
+from fmjax.core.losses import cross_entropy
+from fmjax.core.models import SeedCNN
 from fmjax.errors import UserError
-from fmjax.losses import cross_entropy
-from fmjax.models import SeedCNN
-from fmjax.parallel import abstract_state, make_data_parallel
+from fmjax.parallel.modes import abstract_state, make_data_parallel
+from fmjax.run import checkpoint as ckpt
 
 # Runs in a child process with ONE device: restores `workdir`'s latest
 # checkpoint (or trains and saves one) and writes its params to an .npz.
@@ -25,10 +25,10 @@ CHILD = textwrap.dedent(
     import sys
     import jax, jax.numpy as jnp, numpy as np, optax
     import fmjax
-    from fmjax import checkpoint as ckpt
-    from fmjax.models import SeedCNN
-    from fmjax.parallel import abstract_state, make_data_parallel
-    from fmjax.losses import cross_entropy
+    from fmjax.run import checkpoint as ckpt
+    from fmjax.core.models import SeedCNN
+    from fmjax.parallel.modes import abstract_state, make_data_parallel
+    from fmjax.core.losses import cross_entropy
 
     action, workdir, out = sys.argv[1:]
     assert jax.device_count() == 1

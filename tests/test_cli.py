@@ -82,9 +82,9 @@ def test_most_confident_mistakes_are_wrong_and_sorted(trained_run):
 
     import fmjax
     from fmjax.config import base_config
+    from fmjax.core.models import SeedCNN
     from fmjax.data import load_dataset
-    from fmjax.evaluation import most_confident_mistakes
-    from fmjax.models import SeedCNN
+    from fmjax.tools.evaluate import most_confident_mistakes
 
     config = base_config()
     config.image_size = 8

@@ -8,8 +8,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from fmjax.config import base_config
-from fmjax.evaluation import evaluate_checkpoint
-from fmjax.trainer import train_and_evaluate
+from fmjax.run.trainer import train_and_evaluate
+from fmjax.tools.evaluate import evaluate_checkpoint
 
 # The shipped configs, not configs/__init__.py.
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "[!_]*.py")))

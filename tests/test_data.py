@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import prepared
 from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
@@ -20,7 +21,6 @@ from sklearn.model_selection import train_test_split
 from fmjax.config import base_config
 from fmjax.data import Dataset, load_dataset
 from fmjax.data.pipeline import Split, array_split, shuffled_train_indices
-from conftest import prepared
 from fmjax.errors import UserError
 
 IMAGE_SIZE = 8

@@ -55,7 +55,7 @@ def test_every_config_plans(path, capsys):
 
 def test_micro_batches_cut_the_activations_the_dry_run_counts(capsys):
     from fmjax.config import base_config
-    from fmjax.dry_run import plan_run
+    from fmjax.tools.dry_run import plan_run
 
     config = base_config()
     config.batch_size = 64

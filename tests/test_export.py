@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fmjax import cli, trainer
+from fmjax import cli
 from fmjax.config import base_config
 from fmjax.errors import UserError
-from fmjax.export import export_run
+from fmjax.run import trainer
+from fmjax.tools.export import export_run
 
 SIZE = 8
 # Runs in a fresh process where importing fmjax fails: the artifacts must stand alone.

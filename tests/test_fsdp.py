@@ -9,11 +9,16 @@ import pytest
 from jax.sharding import PartitionSpec
 
 import fmjax
-from fmjax import checkpoint as ckpt
+from fmjax.core.losses import cross_entropy
+from fmjax.core.models import SeedCNN
 from fmjax.errors import UserError
-from fmjax.losses import cross_entropy
-from fmjax.models import SeedCNN
-from fmjax.parallel import DATA_AXIS, abstract_state, fsdp_partition_spec, make_data_parallel
+from fmjax.parallel.modes import (
+    DATA_AXIS,
+    abstract_state,
+    fsdp_partition_spec,
+    make_data_parallel,
+)
+from fmjax.run import checkpoint as ckpt
 
 GLOBAL_BATCH = 16
 STEPS = 4

@@ -27,10 +27,12 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from fmjax import checkpoint as ckpt
-from fmjax import cli, config_checks, run_identity, rundir
+from fmjax import cli
 from fmjax.config import base_config
 from fmjax.errors import UserError
+from fmjax.run import checkpoint as ckpt
+from fmjax.run import config_checks, rundir
+from fmjax.run import identity as run_identity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.py")
@@ -530,7 +532,7 @@ def test_13_a_loss_grown_by_orders_of_magnitude_stops_the_run(tmp_path, capsys):
 
 
 def test_13_the_limit_is_orders_of_magnitude_above_the_first_loss():
-    from fmjax.divergence import first_grown_step, loss_limit
+    from fmjax.run.divergence import first_grown_step, loss_limit
 
     assert loss_limit(2.3, 1e4) == pytest.approx(2.3e4)
     assert loss_limit(0.1, 1e4) == 1e4  # at least 1

@@ -13,11 +13,10 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import prepared
 from PIL import Image
 
 from fmjax.config import base_config
-from conftest import prepared
-
 from fmjax.data import load_dataset
 from fmjax.errors import UserError
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from fmjax.trainer import train_and_evaluate
+from fmjax.run.trainer import train_and_evaluate
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
 # Test accuracy, in points, by which bfloat16 may trail or lead float32.

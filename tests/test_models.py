@@ -9,10 +9,10 @@ import pytest
 
 import fmjax
 from fmjax.config import base_config
+from fmjax.core.losses import cross_entropy
+from fmjax.core.models import ResNet, SeedCNN, ValidConv, create_model
 from fmjax.errors import UserError
-from fmjax.losses import cross_entropy
-from fmjax.models import ResNet, SeedCNN, ValidConv, create_model
-from fmjax.parallel import make_data_parallel
+from fmjax.parallel.modes import make_data_parallel
 
 
 def model_config(**overrides):

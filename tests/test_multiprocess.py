@@ -1,7 +1,7 @@
 """Two processes of two CPU devices each train and evaluate exactly as one process of four.
 
 The processes join through jax.distributed on localhost (gloo collectives),
-started by fmjax.distributed.launch_local; a timeout makes a hang fail.
+started by fmjax.parallel.distributed.launch_local; a timeout makes a hang fail.
 """
 
 import json
@@ -18,8 +18,8 @@ import pytest
 from conftest import checkpoint_arrays
 
 import fmjax
-from fmjax import distributed
 from fmjax.errors import UserError
+from fmjax.parallel import distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.py")
@@ -42,8 +42,8 @@ CHILD = textwrap.dedent(
     flag_values, config, workdir = cli.parse_flags(sys.argv, cli.define_distributed_flags)
     cli.join_process_group(flag_values)
     import jax
-    from fmjax.evaluation import evaluate_checkpoint
-    from fmjax.trainer import train_and_evaluate
+    from fmjax.tools.evaluate import evaluate_checkpoint
+    from fmjax.run.trainer import train_and_evaluate
     runs = {}
     for mode in %r:
         config.parallel = mode

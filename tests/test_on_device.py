@@ -8,12 +8,12 @@ import pytest
 from PIL import Image
 
 import fmjax
-from fmjax import trainer
 from fmjax.config import base_config
 from fmjax.data import cache_placement, load_dataset
 from fmjax.data.pipeline import split_pixels
 from fmjax.errors import UserError
-from fmjax.parallel import make_data_parallel
+from fmjax.parallel.modes import make_data_parallel
+from fmjax.run import trainer
 
 
 def tiny_config(**overrides):
@@ -48,7 +48,7 @@ def test_batches_gathered_on_the_devices_equal_the_streamed_ones(image_root, mod
     config.data.root = str(image_root)
     dataset = load_dataset(config)
     assert dataset.train_split.pixel_dtype == np.uint8
-    parallel = make_data_parallel(mode, fmjax.losses.cross_entropy)
+    parallel = make_data_parallel(mode, fmjax.core.losses.cross_entropy)
     data = parallel.put_data(split_pixels(dataset.train_split))
     rows = dataset.train_indices(1, 8)
     device_rows = parallel.put_indices(rows)

@@ -8,9 +8,9 @@ import optax
 import pytest
 
 from fmjax.config import base_config
+from fmjax.core.losses import cross_entropy, get_loss, mse
+from fmjax.core.optim import create_learning_rate_schedule, create_optimizer
 from fmjax.errors import UserError
-from fmjax.losses import cross_entropy, get_loss, mse
-from fmjax.optim import create_learning_rate_schedule, create_optimizer
 
 
 def config(**overrides):

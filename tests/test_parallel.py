@@ -8,10 +8,10 @@ import optax
 import pytest
 
 import fmjax
+from fmjax.core.losses import cross_entropy
+from fmjax.core.models import SeedCNN
 from fmjax.errors import UserError
-from fmjax.losses import cross_entropy
-from fmjax.models import SeedCNN
-from fmjax.parallel import check_batch_size, make_data_parallel
+from fmjax.parallel.modes import check_batch_size, make_data_parallel
 
 GLOBAL_BATCH = 16
 STEPS = 4
@@ -90,7 +90,7 @@ def test_an_unknown_parallel_mode_is_a_user_error():
 
 def test_label_smoothing_trains_but_evaluation_reports_the_plain_loss():
     from fmjax.config import base_config
-    from fmjax.parallel import parallel_from_config
+    from fmjax.parallel.modes import parallel_from_config
 
     config = base_config()
     config.batch_size = GLOBAL_BATCH

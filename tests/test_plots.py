@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from fmjax import cli, plots
+from fmjax import cli
+from fmjax.tools import plots
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""fmjax.port against the seed's PyTorch models: same logits, loss, gradients and Adam steps."""
+"""fmjax.tools.port against the seed's PyTorch models: same logits, loss, gradients and Adam steps."""
 
 import jax
 import jax.numpy as jnp
@@ -6,9 +6,9 @@ import numpy as np
 import optax
 import pytest
 
-from fmjax.losses import cross_entropy
-from fmjax.models import MLP, SeedCNN
-from fmjax.port import chw_rows_to_hwc, from_torch, hwc_rows_to_chw, to_torch
+from fmjax.core.losses import cross_entropy
+from fmjax.core.models import MLP, SeedCNN
+from fmjax.tools.port import chw_rows_to_hwc, from_torch, hwc_rows_to_chw, to_torch
 
 # Small sizes keep the file fast; fc1 still sees a real 8x8x32 conv output.
 IMAGE_SIZE = 12

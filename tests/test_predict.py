@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 import fmjax
-from fmjax import cli, predict
+from fmjax import cli
+from fmjax.core.models import create_model
 from fmjax.data import load_dataset
-from fmjax.models import create_model
+from fmjax.tools import predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.py")

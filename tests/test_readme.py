@@ -4,7 +4,7 @@ import os
 import re
 
 from fmjax.config import base_config
-from fmjax.trainer import train_and_evaluate
+from fmjax.run.trainer import train_and_evaluate
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
@@ -35,7 +35,7 @@ def test_deployment_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
     import numpy as np
     from PIL import Image
 
-    from fmjax.export import export_run
+    from fmjax.tools.export import export_run
 
     config = base_config()
     config.num_epochs = 1

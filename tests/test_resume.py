@@ -33,8 +33,9 @@ import numpy as np
 import pytest
 from conftest import checkpoint_arrays
 
-from fmjax import cli, trainer
-from fmjax.workdir_lock import hold_workdir
+from fmjax import cli
+from fmjax.run import trainer
+from fmjax.run.lock import hold_workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_PY = os.path.join(ROOT, "train.py")

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from fmjax.errors import UserError
-from fmjax.runtime import use_compilation_cache, use_freed_memory_again
+from fmjax.run.runtime import use_compilation_cache, use_freed_memory_again
 
 
 def test_freed_memory_is_kept_for_reuse_on_glibc():
@@ -20,7 +20,7 @@ def test_compiled_programs_are_kept_in_the_cache_folder(tmp_path):
     cache = tmp_path / "cache"
     program = (
         "import jax, jax.numpy as jnp\n"
-        "from fmjax.runtime import use_compilation_cache\n"
+        "from fmjax.run.runtime import use_compilation_cache\n"
         f"use_compilation_cache({str(cache)!r})\n"
         "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
         "print(float(jax.jit(lambda x: jnp.sin(x) * 2)(1.0)))\n"
@@ -33,7 +33,7 @@ def test_compiled_programs_are_kept_in_the_cache_folder(tmp_path):
     assert any(cache.iterdir())
     # Off: "" leaves JAX's setting alone.
     off = subprocess.run(
-        [sys.executable, "-c", "import jax\nfrom fmjax.runtime import use_compilation_cache\n"
+        [sys.executable, "-c", "import jax\nfrom fmjax.run.runtime import use_compilation_cache\n"
          "use_compilation_cache('')\nprint(jax.config.jax_compilation_cache_dir)"],
         capture_output=True, text=True, env=env, timeout=120,
     )

@@ -10,8 +10,8 @@ import optax
 import pytest
 
 import fmjax
-from fmjax.losses import cross_entropy, mse
-from fmjax.models import MLP, SeedCNN
+from fmjax.core.losses import cross_entropy, mse
+from fmjax.core.models import MLP, SeedCNN
 
 IMAGE = (8, 8, 3)
 

@@ -7,8 +7,8 @@ import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fmjax.config import base_config
-from fmjax.tensorboard import EVENTS_SUBDIR
-from fmjax.trainer import train_and_evaluate
+from fmjax.run.tensorboard import EVENTS_SUBDIR
+from fmjax.run.trainer import train_and_evaluate
 
 
 def read_scalars(workdir):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fmjax import trainer
 from fmjax.config import base_config
 from fmjax.data import load_dataset
-from fmjax.evaluation import evaluate_checkpoint
+from fmjax.run import trainer
+from fmjax.tools.evaluate import evaluate_checkpoint
 
 CLASSES = ["circle", "square", "triangle"]
 PER_CLASS = {"train": 8, "test": 3}

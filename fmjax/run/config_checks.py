@@ -16,15 +16,14 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import ml_collections
 
-from fmjax.errors import UserError
-
+from fmjax.core.losses import LOSSES
+from fmjax.core.models import ACTIVATIONS, CONV_IMPLEMENTATIONS, DTYPES, MODELS
+from fmjax.core.optim import OPTIMIZERS, SCHEDULES
 from fmjax.data import CACHE_CHOICES
 from fmjax.data import SOURCES as DATA_SOURCES
 from fmjax.data.image_folder import BAD_IMAGE_CHOICES
-from fmjax.losses import LOSSES
-from fmjax.models import ACTIVATIONS, CONV_IMPLEMENTATIONS, DTYPES, MODELS
-from fmjax.optim import OPTIMIZERS, SCHEDULES
-from fmjax.parallel import PARALLEL_MODES
+from fmjax.errors import UserError
+from fmjax.parallel.modes import PARALLEL_MODES
 
 
 def _is_int(value: Any) -> bool:

@@ -25,27 +25,25 @@ import jax
 import ml_collections
 import numpy as np
 import tqdm
-
 from jax.experimental import multihost_utils
 
-from fmjax import checkpoint as ckpt
-from fmjax import rundir, run_identity
-from fmjax.runtime import use_compilation_cache, use_freed_memory_again
-from fmjax.config_checks import check_config
+from fmjax.core.models import create_model
+from fmjax.core.optim import create_learning_rate_schedule, create_optimizer
+from fmjax.core.state import create_train_state
 from fmjax.data import Dataset, cache_placement, load_dataset
 from fmjax.data.pipeline import in_memory, split_pixels
-from fmjax.divergence import LossGrowthError, first_grown_step, loss_limit
-from fmjax.evaluation import evaluate, test_metrics
-from fmjax.models import create_model
-from fmjax.optim import create_learning_rate_schedule, create_optimizer
-from fmjax.parallel import DataParallel, abstract_state, parallel_from_config
-from fmjax.preemption import Preempted, watch_for_sigterm
-from fmjax.state import create_train_state
-from fmjax.tensorboard import EVENTS_SUBDIR, EpochSummaries
-from fmjax.workdir_lock import hold_workdir
+from fmjax.parallel.modes import DataParallel, abstract_state, parallel_from_config
+from fmjax.run import checkpoint as ckpt
+from fmjax.run import identity as run_identity
+from fmjax.run import rundir
+from fmjax.run.config_checks import check_config
+from fmjax.run.divergence import LossGrowthError, first_grown_step, loss_limit
+from fmjax.run.lock import hold_workdir
+from fmjax.run.preemption import Preempted, watch_for_sigterm
+from fmjax.run.runtime import use_compilation_cache, use_freed_memory_again
+from fmjax.run.tensorboard import EVENTS_SUBDIR, EpochSummaries
+from fmjax.tools.evaluate import evaluate, test_metrics
 
-METRICS_FILE = rundir.METRICS_FILE
-CONFIG_FILE = rundir.CONFIG_FILE
 # Steps dispatched ahead of the one the host waits for. Enough to keep devices
 # busy; unbounded queues of collectives can deadlock XLA's CPU runtime when
 # several fake devices share few cores.
@@ -134,7 +132,7 @@ def checkpoint_meta(
     dataset: Dataset, config, epoch: int, next_batch: int, sums: TrainSums, first_loss: Optional[float] = None
 ) -> dict:
     """What a checkpoint records besides the arrays: the data position, the epoch's sums, class
-    names, the run's first loss and the config and data that define the run (fmjax.run_identity)."""
+    names, the run's first loss and the config and data that define the run (fmjax.run.identity)."""
     return {
         "epoch": epoch,
         "next_batch": next_batch,
@@ -147,7 +145,7 @@ def checkpoint_meta(
 
 
 def keep_metrics_through(workdir: str, last_epoch: int) -> None:
-    """Drops the metrics.jsonl lines of epochs after `last_epoch` (see fmjax.rundir)."""
+    """Drops the metrics.jsonl lines of epochs after `last_epoch` (see fmjax.run.rundir)."""
     if is_logging_process():
         rundir.keep_metrics_through(workdir, last_epoch, warn=log)
 
@@ -283,7 +281,7 @@ def train_and_evaluate(
       config: a config from configs/ (see fmjax.config.base_config for every key).
       workdir: where checkpoints, config.json and metrics.jsonl go.
       allow_config_change: resume even if the config or data differ from the
-        checkpoint's (see fmjax.run_identity); the changes are recorded.
+        checkpoint's (see fmjax.run.identity); the changes are recorded.
 
     Returns:
       The last epoch's metrics (the keys of metrics.jsonl).
@@ -294,7 +292,7 @@ def train_and_evaluate(
       Preempted: a SIGTERM stopped the run after it saved a checkpoint.
       NonFiniteError: a step became NaN or Inf (with config.halt_on_nonfinite).
       LossGrowthError: the loss grew past config.halt_on_loss_growth times the first.
-      fmjax.checkpoint.CheckpointWriteError: a checkpoint could not be written.
+      fmjax.run.checkpoint.CheckpointWriteError: a checkpoint could not be written.
     """
     check_config(config)
     # ---- Data and devices.
@@ -347,7 +345,7 @@ def train_and_evaluate(
         if is_logging_process():
             if saved_step is not None:
                 run_identity.record_changes(workdir, saved_step, config_changes)
-            rundir.write_text(workdir, CONFIG_FILE, config.to_json_best_effort(indent=2))
+            rundir.write_text(workdir, rundir.CONFIG_FILE, config.to_json_best_effort(indent=2))
             summaries = EpochSummaries(workdir)
             on_exit.callback(summaries.close)
         # The rate the last step of an epoch used, for the logs.

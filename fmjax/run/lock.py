@@ -21,8 +21,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from fmjax import rundir
 from fmjax.errors import UserError
+from fmjax.run import rundir
 
 LOCK_FILE = "train.lock"
 

@@ -8,14 +8,14 @@ import ml_collections
 import numpy as np
 import optax
 
-from fmjax import checkpoint as ckpt
-from fmjax import rundir
-from fmjax.config_checks import check_config
-from fmjax.errors import UserError
+from fmjax.core.models import create_model
+from fmjax.core.state import TrainState
 from fmjax.data import Dataset, load_dataset
-from fmjax.models import create_model
-from fmjax.parallel import DataParallel, parallel_from_config
-from fmjax.state import TrainState
+from fmjax.errors import UserError
+from fmjax.parallel.modes import DataParallel, parallel_from_config
+from fmjax.run import checkpoint as ckpt
+from fmjax.run import rundir
+from fmjax.run.config_checks import check_config
 
 
 def evaluate(
@@ -39,7 +39,7 @@ def evaluate(
 
 
 def test_metrics(totals: dict[str, Any]) -> dict[str, Any]:
-    """evaluate's result from the eval sums (fmjax.steps.eval_step) over the whole test split."""
+    """evaluate's result from the eval sums (fmjax.core.steps.eval_step) over the whole test split."""
     totals = {k: np.asarray(v, np.float64) for k, v in totals.items()}
     count = totals["count"]
     return {
@@ -158,7 +158,7 @@ def evaluate_checkpoint(
         per_class = np.diag(confusion) / confusion.sum(axis=1)
     figures = []
     if figures_dir is not None and jax.process_index() == 0:
-        from fmjax import plots
+        from fmjax.tools import plots
 
         figures = [
             os.path.join(figures_dir, f"confusion_{step}.png"),

@@ -31,8 +31,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from fmjax import rundir
 from fmjax.errors import UserError, WriteFailure
+from fmjax.run import rundir
 
 CHECKPOINT_SUBDIR = "checkpoints"
 DAMAGED_SUBDIR = "damaged_checkpoints"
@@ -257,7 +257,7 @@ def restore_checkpoint(
       manager: the run's CheckpointManager.
       step: a step that `manager.all_steps()` lists.
       abstract_state: a TrainState of jax.ShapeDtypeStruct with shardings (see
-        fmjax.parallel.abstract_state); the devices it names need not be the
+        fmjax.parallel.modes.abstract_state); the devices it names need not be the
         ones the checkpoint was saved from.
 
     Returns:

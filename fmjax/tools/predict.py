@@ -18,12 +18,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from fmjax import checkpoint as ckpt
+from fmjax.core.models import create_model
 from fmjax.data.image_folder import IMAGE_EXTENSIONS, image_files_split
 from fmjax.data.pipeline import Dataset
 from fmjax.errors import UserError
-from fmjax.models import create_model
-from fmjax.rundir import CONFIG_FILE
+from fmjax.run import checkpoint as ckpt
+from fmjax.run.rundir import CONFIG_FILE
 
 # One prediction: {"class": name, "probability": float}; one result per image:
 # {"path": str, "predictions": [prediction, ...]}, most probable first.

@@ -1,6 +1,6 @@
 """Data parallelism over all devices of all processes: the pmap form and the Mesh-jit form.
 
-Both run the same pure `train_step` and `eval_step` from fmjax.steps. A
+Both run the same pure `train_step` and `eval_step` from fmjax.core.steps. A
 `DataParallel` holds the compiled steps and the functions that move a state
 and a host-local batch onto the devices, so the training loop does not care
 which form it runs, nor how many processes take part.
@@ -31,10 +31,10 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from fmjax import steps
+from fmjax.core import steps
+from fmjax.core.losses import get_loss
+from fmjax.core.state import TrainState
 from fmjax.errors import UserError
-from fmjax.losses import get_loss
-from fmjax.state import TrainState
 
 PARALLEL_MODES = ("pmap", "jit")
 DATA_AXIS = "data"
@@ -62,7 +62,7 @@ class DataParallel:
         count and start may change between calls without a new compilation.
         Donates the input state.
       eval_step: (device state, device batch) -> summed metrics over the
-        global batch (see fmjax.steps.eval_step).
+        global batch (see fmjax.core.steps.eval_step).
       eval_loop: (device state, device data, device indices, device masks)
         -> summed metrics over every row of `indices`, in one compiled loop.
       put_state: single-copy state (global arrays laid out by
@@ -193,9 +193,9 @@ def make_data_parallel(
         inside the steps (fmjax.data.Dataset.prepare); by default the batch
         is the model's input already.
       grad_accum_steps: micro-batches per device batch (see
-        fmjax.steps.train_step).
+        fmjax.core.steps.train_step).
       check_finite: whether train steps report the "finite" flag (see
-        fmjax.steps.train_step).
+        fmjax.core.steps.train_step).
       shard_params: config.shard_params; "jit" only: shard the params and
         optimizer state over the devices (FSDP) instead of replicating them.
       shard_params_min_size: config.shard_params_min_size; arrays with fewer

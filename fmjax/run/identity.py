@@ -19,8 +19,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import ml_collections
 
-from fmjax import rundir
 from fmjax.errors import UserError
+from fmjax.run import rundir
 
 RECORD_KEY = "run"  # in a checkpoint's meta
 

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from fmjax.errors import UserError
-from fmjax.trainer import METRICS_FILE
+from fmjax.run.rundir import METRICS_FILE
 
 # One entry per epoch, as the trainer writes metrics.jsonl.
 Records = list[dict[str, float]]

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from fmjax.errors import UserError
-from fmjax.predict import load_predictor
+from fmjax.tools.predict import load_predictor
 
 SAVED_MODEL_DIR = "saved_model"
 JAX_EXPORT_FILE = "model.jax_export"

@@ -15,11 +15,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from fmjax.losses import get_loss
-from fmjax.models import create_model
-from fmjax.optim import create_optimizer
-from fmjax.state import create_train_state
-from fmjax.steps import train_step
+from fmjax.core.losses import get_loss
+from fmjax.core.models import create_model
+from fmjax.core.optim import create_optimizer
+from fmjax.core.state import create_train_state
+from fmjax.core.steps import train_step
 
 # Room left on a device for XLA's own buffers and fragmentation.
 USABLE_MEMORY_FRACTION = 0.9

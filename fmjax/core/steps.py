@@ -10,8 +10,8 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from fmjax.losses import cross_entropy
-from fmjax.state import TrainState
+from fmjax.core.losses import cross_entropy
+from fmjax.core.state import TrainState
 
 Batch = dict[str, jnp.ndarray]
 LossFn = Callable[[jnp.ndarray, jnp.ndarray, Optional[jnp.ndarray]], jnp.ndarray]

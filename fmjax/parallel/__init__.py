@@ -1,0 +1,1 @@
+"""Running the core's steps over devices: jit over a Mesh or pmap, FSDP shardings, several processes."""
