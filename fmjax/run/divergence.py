@@ -1,4 +1,9 @@
-"""A run that diverges without a NaN: its training loss grows by orders of magnitude.
+"""A run's health, checked on the host before every save: finite steps, a loss that has not exploded.
+
+A NaN or Inf in a step's loss, gradients or updated state sets the step's
+"finite" flag to False (fmjax.core.steps), and the run stops naming that step.
+
+A run can also diverge without a NaN: its training loss grows by orders of magnitude.
 
 Adam's update is bounded by its rate, so at a rate like 1e6 the params stay
 finite while the loss reaches 1e21 and the accuracy that of a guess; the
@@ -12,6 +17,36 @@ run's spikes never trip it. 0 turns it off.
 
 import math
 from typing import Optional
+
+
+class NonFiniteError(Exception):
+    """A step's loss, gradients or updated state held a NaN or an Inf; nothing of it was saved."""
+
+    def __init__(self, step: int, newest_checkpoint: Optional[int], directory: str):
+        saved = (
+            f"the newest checkpoint, step {newest_checkpoint} in {directory}, is finite"
+            if newest_checkpoint is not None
+            else "no checkpoint was saved"
+        )
+        super().__init__(
+            f"the loss, gradients or updated params became NaN or Inf at step {step}; "
+            f"{saved}; lower config.learning_rate (or set config.halt_on_nonfinite=False)"
+        )
+        self.step = step
+
+
+def first_nonfinite_step(step_metrics: list[dict], first_step: int) -> Optional[int]:
+    """The number of the first step whose "finite" flag is False, or None.
+
+    Args:
+      step_metrics: host copies of the metrics of steps first_step,
+        first_step + 1, ...
+      first_step: the step number (updates applied) after step_metrics[0].
+    """
+    for offset, metrics in enumerate(step_metrics):
+        if not metrics.get("finite", True):  # absent: the run does not check
+            return first_step + offset
+    return None
 
 
 class LossGrowthError(Exception):
@@ -47,3 +82,42 @@ def first_grown_step(losses: list[float], first_step: int, limit: float) -> Opti
         if loss > limit:  # False for NaN
             return first_step + offset, loss
     return None
+
+
+class HealthCheck:
+    """Checks each call's steps before anything of them is saved; remembers the run's first loss.
+
+    Args:
+      halt_on_nonfinite: stop at a step whose "finite" flag is False.
+      growth_factor: config.halt_on_loss_growth (0: off).
+      first_loss: the run's first training loss, when a checkpoint recorded it.
+    """
+
+    def __init__(self, halt_on_nonfinite: bool, growth_factor: float, first_loss: Optional[float]):
+        self._halt_on_nonfinite = halt_on_nonfinite
+        self._growth_factor = growth_factor
+        self.first_loss = first_loss
+
+    def check(
+        self, step_metrics: list[dict], first_step: int, newest_checkpoint: Optional[int], directory: str
+    ) -> None:
+        """Raises NonFiniteError or LossGrowthError for the first bad step of steps first_step, first_step + 1, ...
+
+        Args:
+          step_metrics: host copies of the steps' metrics.
+          first_step: the step number (updates applied) after step_metrics[0].
+          newest_checkpoint, directory: named in the error, for the user to go back to.
+        """
+        bad_step = first_nonfinite_step(step_metrics, first_step)
+        if self._halt_on_nonfinite and bad_step is not None:
+            raise NonFiniteError(bad_step, newest_checkpoint, directory)
+        losses = [float(metrics["loss"]) for metrics in step_metrics]
+        if self.first_loss is None and losses:
+            self.first_loss = losses[0]
+        if self.first_loss is None:
+            return
+        grown = first_grown_step(losses, first_step, loss_limit(self.first_loss, self._growth_factor))
+        if grown is not None:
+            raise LossGrowthError(
+                *grown, self.first_loss, self._growth_factor, newest_checkpoint, directory
+            )

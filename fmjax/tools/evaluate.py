@@ -12,42 +12,11 @@ from fmjax.core.models import create_model
 from fmjax.core.state import TrainState
 from fmjax.data import Dataset, load_dataset
 from fmjax.errors import UserError
-from fmjax.parallel.modes import DataParallel, parallel_from_config
+from fmjax.parallel.modes import parallel_from_config
 from fmjax.run import checkpoint as ckpt
 from fmjax.run import rundir
 from fmjax.run.config_checks import check_config
-
-
-def evaluate(
-    parallel: DataParallel, device_state: Any, dataset: Dataset, batch_size: int
-) -> dict[str, Any]:
-    """Loss, accuracy and confusion matrix over every test example exactly once.
-
-    Returns:
-      {"loss", "accuracy", "num_examples", "confusion_matrix" (numpy
-      [num_classes, num_classes], rows are true labels)}.
-    """
-    totals = None
-    batches = dataset.test_batches(
-        batch_size, process_index=jax.process_index(), process_count=jax.process_count()
-    )
-    for batch in batches:
-        sums = jax.device_get(parallel.eval_step(device_state, parallel.put_batch(batch)))
-        sums = {k: np.asarray(v, np.float64) for k, v in sums.items()}
-        totals = sums if totals is None else {k: totals[k] + sums[k] for k in totals}
-    return test_metrics(totals)
-
-
-def test_metrics(totals: dict[str, Any]) -> dict[str, Any]:
-    """evaluate's result from the eval sums (fmjax.core.steps.eval_step) over the whole test split."""
-    totals = {k: np.asarray(v, np.float64) for k, v in totals.items()}
-    count = totals["count"]
-    return {
-        "loss": float(totals["loss_sum"] / count),
-        "accuracy": float(totals["correct"] / count),
-        "num_examples": int(count),
-        "confusion_matrix": totals["confusion"].astype(np.int64),
-    }
+from fmjax.run.placement import evaluate
 
 
 def most_confident_mistakes(

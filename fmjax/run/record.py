@@ -1,0 +1,84 @@
+"""What a checkpoint records besides the arrays, and the epoch's running train sums it carries."""
+
+import dataclasses
+from typing import Any, Optional
+
+from fmjax.run import identity as run_identity
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSums:
+    """Sums of the per-step train metrics over the current epoch's steps so far.
+
+    Checkpoints keep them, so an epoch's train loss and accuracy come out the
+    same whether or not the run stopped inside it.
+    """
+
+    loss: float = 0.0
+    accuracy: float = 0.0
+    steps: int = 0
+
+    def plus(self, step_metrics: list[dict]) -> "TrainSums":
+        """These sums with host copies of consecutive steps' metrics added.
+
+        One step at a time, in float64, so the same steps give the same sums
+        however they were split between calls.
+        """
+        loss, accuracy = self.loss, self.accuracy
+        for metrics in step_metrics:
+            loss += float(metrics["loss"])
+            accuracy += float(metrics["accuracy"])
+        return TrainSums(loss, accuracy, self.steps + len(step_metrics))
+
+    def means(self) -> tuple[float, float]:
+        """(train loss, train accuracy) over the steps summed; NaN for none."""
+        if not self.steps:
+            return float("nan"), float("nan")
+        return self.loss / self.steps, self.accuracy / self.steps
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointRecord:
+    """A checkpoint's record beside the state (its JSON metadata), as train.py writes and reads it.
+
+    Attributes:
+      epoch: epochs whose metrics line is written.
+      next_batch: the batch of epoch `epoch` that comes next; steps_per_epoch
+        when that epoch is trained and its line not yet written.
+      train_sums: the sums of epoch `epoch`'s steps so far.
+      class_names: the classes the model's outputs mean, in order.
+      image_size: the side, in pixels, of the images it trained on.
+      first_loss: the run's first training loss (see fmjax.run.divergence).
+      identity: the config and data that define the run (fmjax.run.identity).
+    """
+
+    epoch: int
+    next_batch: int
+    train_sums: TrainSums
+    class_names: list[str]
+    image_size: int
+    first_loss: Optional[float]
+    identity: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "next_batch": self.next_batch,
+            "train_sums": dataclasses.asdict(self.train_sums),
+            "class_names": list(self.class_names),
+            "image_size": self.image_size,
+            "first_loss": self.first_loss,
+            run_identity.RECORD_KEY: self.identity,
+        }
+
+    @classmethod
+    def from_json(cls, meta: dict[str, Any]) -> "CheckpointRecord":
+        return cls(
+            epoch=int(meta["epoch"]),
+            next_batch=int(meta["next_batch"]),
+            train_sums=TrainSums(**meta["train_sums"]),
+            class_names=list(meta.get("class_names") or []),
+            image_size=meta.get("image_size"),
+            first_loss=meta.get("first_loss"),
+            identity=dict(meta.get(run_identity.RECORD_KEY, {})),
+        )
