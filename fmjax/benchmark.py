@@ -38,6 +38,7 @@ from PIL import Image
 from fmjax import steps
 from fmjax.runtime import use_freed_memory_again
 from fmjax.config import base_config
+from fmjax.dry_run import xla_cost
 from fmjax.errors import UserError
 from fmjax.losses import cross_entropy
 from fmjax.models import create_model
@@ -223,28 +224,6 @@ def memory_bandwidth_gbs(num_floats: int, warmup: int, repeats: int) -> dict[str
     }
 
 
-def xla_cost(compiled: Any) -> dict[str, float]:
-    """Flops and bytes accessed from a compiled computation's cost analysis.
-
-    Args:
-      compiled: what `jax.jit(f).lower(...).compile()` returns. Its
-        `cost_analysis()` is a dict or, in some JAX versions, a list of one
-        dict per computation; the list's entries are added up.
-
-    Returns:
-      {"flops", "bytes_accessed", "temp_bytes"}: temp_bytes is the scratch
-      memory XLA allocates for every call (0 if the backend does not say).
-    """
-    analysis = compiled.cost_analysis()
-    parts = analysis if isinstance(analysis, (list, tuple)) else [analysis]
-    memory = compiled.memory_analysis()
-    return {
-        "flops": float(sum(part.get("flops", 0.0) for part in parts)),
-        "bytes_accessed": float(sum(part.get("bytes accessed", 0.0) for part in parts)),
-        "temp_bytes": float(getattr(memory, "temp_size_in_bytes", 0) or 0),
-    }
-
-
 def roofline(
     flops: float, bytes_accessed: float, peak_gflops: float, bandwidth_gbs: float, measured_s: float
 ) -> dict[str, Any]:
@@ -298,11 +277,19 @@ def _seed_state(image_size: int, hidden: int, num_classes: int):
 
 
 def fmjax_step_cost(image_size: int, batch_size: int, hidden: int, num_classes: int) -> dict[str, float]:
-    """XLA's cost analysis of fmjax's train step on one device, as the jit form compiles it."""
+    """XLA's counts for fmjax's train step on one device, as the jit form compiles it.
+
+    Returns:
+      {"flops", "bytes_accessed", "temp_bytes"}: the first two as
+      fmjax.dry_run.xla_cost gives them; temp_bytes is the scratch memory XLA
+      allocates for every call (0 if the backend does not say).
+    """
     state = _seed_state(image_size, hidden, num_classes)
     batch = _random_batch(batch_size, image_size, num_classes)
     step = jax.jit(functools.partial(steps.train_step, loss_fn=cross_entropy), donate_argnums=0)
-    return xla_cost(step.lower(state, batch).compile())
+    compiled = step.lower(state, batch).compile()
+    memory = compiled.memory_analysis()
+    return {**xla_cost(compiled), "temp_bytes": float(getattr(memory, "temp_size_in_bytes", 0) or 0)}
 
 
 def fmjax_step(
