@@ -5,8 +5,8 @@ python scripts/benchmark.py --out results.json [--markdown results.md]
 
 Prints a markdown table (train step images/s and ratios to PyTorch eager and
 torch.compile, the step's roofline, the input pipelines) and writes every
-number to --out. On 2 CPU cores it takes about 4 minutes. Exit statuses: 0
-done, 2 bad input.
+number to --out. The measurements are in scripts/benchmarks/. On 2 CPU cores
+it takes about 4 minutes. Exit statuses: 0 done, 2 bad input.
 """
 
 import json
@@ -14,7 +14,10 @@ import os
 import sys
 import tempfile
 
-from fmjax import benchmark, cli
+from benchmarks.machine import limit_cores
+from benchmarks.report import markdown_report
+from benchmarks.suite import run_benchmark
+from fmjax import cli
 from fmjax.errors import UserError
 
 
@@ -36,9 +39,9 @@ def main(argv: list[str]) -> int:
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise UserError(f"the folder of {path} does not exist; create it or pick another path")
 
-    benchmark.limit_cores(args.threads)
+    limit_cores(args.threads)
     with tempfile.TemporaryDirectory() as jpeg_dir:
-        results = benchmark.run_benchmark(
+        results = run_benchmark(
             args.sizes,
             args.batch_size,
             args.warmup,
@@ -47,7 +50,7 @@ def main(argv: list[str]) -> int:
             compile_torch=not args.no_compile,
             log=lambda line: print(line, file=sys.stderr, flush=True),
         )
-    report = benchmark.markdown_report(results)
+    report = markdown_report(results)
     print(report)
     with open(args.out, "w") as out:
         json.dump(results, out, indent=2)

@@ -1,6 +1,7 @@
 """Eight fake CPU devices for every test, set before jax is first imported."""
 
 import os
+import sys
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -8,6 +9,10 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
+
+# The benchmarks and the seed's PyTorch models (scripts/benchmarks/, not installed)
+# import as `benchmarks`, as they do when scripts/benchmark.py runs.
+sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 
 # Tests compare runs at 1e-5; keep matmuls in full float32 on every backend.
 jax.config.update("jax_default_matmul_precision", "float32")

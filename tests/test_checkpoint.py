@@ -139,24 +139,3 @@ def test_a_checkpoint_of_another_model_is_a_user_error(tmp_path):
 def test_restore_params_without_a_checkpoint_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no checkpoint in"):
         fmjax.restore_params(str(tmp_path))
-
-
-def test_checkpoint_cost_arithmetic_and_report():
-    from fmjax.checkpoint_benchmark import CheckpointCost, format_report
-
-    cost = CheckpointCost(
-        every_steps=10, step_ms={"none": 50.0, "sync": 60.0, "async": 51.0}, samples={"none": 6, "sync": 6, "async": 6}
-    )
-    assert cost.per_checkpoint_ms("sync") == 100.0 and cost.per_checkpoint_ms("async") == 10.0
-    assert cost.overhead("sync") == pytest.approx(0.2)
-    assert format_report(cost, "a test machine").splitlines() == [
-        "Checkpoint every 10 steps; a test machine",
-        "",
-        "| checkpoints | ms per step | added per step | added per checkpoint |",
-        "|---|---|---|---|",
-        "| none | 50.0 | | |",
-        "| sync | 60.0 | +20.0% | +100 ms |",
-        "| async | 51.0 | +2.0% | +10 ms |",
-        "",
-        "(medians over 6 epochs per variant)",
-    ]

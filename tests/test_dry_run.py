@@ -1,6 +1,7 @@
 """train.py --dry_run counts parameters by hand-checkable numbers, for every config."""
 
 import glob
+import math
 import os
 
 import pytest
@@ -66,3 +67,24 @@ def test_micro_batches_cut_the_activations_the_dry_run_counts(capsys):
     batch_bytes = 64 // whole.num_devices * (16 * 16 * 3 * 4 + 4)  # images and labels, counted whole
     assert micro.activation_bytes - batch_bytes == pytest.approx((whole.activation_bytes - batch_bytes) / 4, rel=0.01)
     assert micro.state_bytes == whole.state_bytes
+
+
+class _Compiled:
+    """Stands for a compiled computation whose cost analysis is `analysis`."""
+
+    def __init__(self, analysis):
+        self.analysis = analysis
+
+    def cost_analysis(self):
+        return self.analysis
+
+
+def test_xla_cost_adds_the_modules_up_and_says_nan_for_a_missing_count():
+    from fmjax.tools.dry_run import xla_cost
+
+    modules = [{"flops": 10.0, "bytes accessed": 4.0}, {"flops": 5.0, "bytes accessed": 2.0}]
+    assert xla_cost(_Compiled(modules)) == {"flops": 15.0, "bytes_accessed": 6.0}
+    assert xla_cost(_Compiled(modules[0])) == {"flops": 10.0, "bytes_accessed": 4.0}
+    partial = xla_cost(_Compiled([{"flops": 10.0}]))
+    assert partial["flops"] == 10.0 and math.isnan(partial["bytes_accessed"])
+    assert all(math.isnan(count) for count in xla_cost(_Compiled(None)).values())

@@ -28,11 +28,11 @@ def torch():
 
 
 @pytest.fixture(scope="module")
-def torch_seed(torch):
+def torch_reference(torch):
     """The seed's torch models (importing needs torch)."""
-    import torch_seed
+    from benchmarks import torch_reference
 
-    return torch_seed
+    return torch_reference
 
 
 def _images(seed: int, height: int = IMAGE_SIZE, width: int = IMAGE_SIZE) -> np.ndarray:
@@ -56,15 +56,15 @@ def _max_diff(tree_a, tree_b) -> float:
     return float(max(jax.tree.leaves(diffs)))
 
 
-def _seed_cnn(torch, torch_seed):
+def _seed_cnn(torch, torch_reference):
     """The seed's Net with fixed initial weights, and the SeedCNN it ports to."""
     torch.manual_seed(0)
-    net = torch_seed.Net(NUM_CLASSES, image_size=IMAGE_SIZE, hidden=HIDDEN)
+    net = torch_reference.Net(NUM_CLASSES, image_size=IMAGE_SIZE, hidden=HIDDEN)
     return net, SeedCNN(NUM_CLASSES, hidden=HIDDEN)
 
 
-def test_cnn_logits_match(torch, torch_seed):
-    net, model = _seed_cnn(torch, torch_seed)
+def test_cnn_logits_match(torch, torch_reference):
+    net, model = _seed_cnn(torch, torch_reference)
     params = from_torch(net.state_dict(), IMAGE_SIZE)
     images = _images(0)
     expected = net(_nchw(torch, images)).detach().numpy()
@@ -72,16 +72,16 @@ def test_cnn_logits_match(torch, torch_seed):
     np.testing.assert_allclose(logits, expected, atol=TOL, rtol=0)
 
 
-def test_cnn_params_have_flax_shapes(torch, torch_seed):
-    net, model = _seed_cnn(torch, torch_seed)
+def test_cnn_params_have_flax_shapes(torch, torch_reference):
+    net, model = _seed_cnn(torch, torch_reference)
     params = from_torch(net.state_dict(), IMAGE_SIZE)
     init = model.init(jax.random.PRNGKey(0), jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3)))["params"]
     assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, dict(init))
     assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(params))
 
 
-def test_cnn_loss_and_grads_match(torch, torch_seed):
-    net, model = _seed_cnn(torch, torch_seed)
+def test_cnn_loss_and_grads_match(torch, torch_reference):
+    net, model = _seed_cnn(torch, torch_reference)
     params = from_torch(net.state_dict(), IMAGE_SIZE)
     images, labels = _images(1), _labels(1)
 
@@ -97,8 +97,8 @@ def test_cnn_loss_and_grads_match(torch, torch_seed):
     assert _max_diff(grads, torch_grads) < TOL
 
 
-def test_cnn_adam_steps_match(torch, torch_seed):
-    net, model = _seed_cnn(torch, torch_seed)
+def test_cnn_adam_steps_match(torch, torch_reference):
+    net, model = _seed_cnn(torch, torch_reference)
     params = from_torch(net.state_dict(), IMAGE_SIZE)
     torch_opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     tx = optax.adam(1e-3, b1=0.9, b2=0.999, eps=1e-8)
@@ -120,11 +120,11 @@ def test_cnn_adam_steps_match(torch, torch_seed):
     assert _max_diff(params, from_torch(net.state_dict(), IMAGE_SIZE)) < TOL
 
 
-def test_mlp_logits_match_on_non_square_images(torch, torch_seed):
+def test_mlp_logits_match_on_non_square_images(torch, torch_reference):
     # Non-square images catch a permutation that swaps height and width.
     height, width = 6, 10
     torch.manual_seed(0)
-    net = torch_seed.MLP(NUM_CLASSES, in_features=3 * height * width, hidden=(HIDDEN, 16))
+    net = torch_reference.MLP(NUM_CLASSES, in_features=3 * height * width, hidden=(HIDDEN, 16))
     params = from_torch(net.state_dict(), (height, width))
     images = _images(2, height, width)
     expected = net(_nchw(torch, images)).detach().numpy()
@@ -132,11 +132,11 @@ def test_mlp_logits_match_on_non_square_images(torch, torch_seed):
     np.testing.assert_allclose(logits, expected, atol=TOL, rtol=0)
 
 
-def test_to_torch_loads_into_the_seed_net(torch, torch_seed):
+def test_to_torch_loads_into_the_seed_net(torch, torch_reference):
     model = SeedCNN(NUM_CLASSES, hidden=HIDDEN)
     images = _images(3)
     params = model.init(jax.random.PRNGKey(0), jnp.asarray(images))["params"]
-    net = torch_seed.Net(NUM_CLASSES, image_size=IMAGE_SIZE, hidden=HIDDEN)
+    net = torch_reference.Net(NUM_CLASSES, image_size=IMAGE_SIZE, hidden=HIDDEN)
     state_dict = to_torch(params, IMAGE_SIZE)
     net.load_state_dict({key: torch.from_numpy(value) for key, value in state_dict.items()})
     expected = model.apply({"params": params}, jnp.asarray(images))

@@ -104,6 +104,29 @@ def _device_memory(device: jax.Device) -> Optional[int]:
     return None
 
 
+def xla_cost(compiled: Any) -> dict[str, float]:
+    """Flops and bytes accessed of a compiled computation, as XLA's cost analysis counts them.
+
+    Args:
+      compiled: what `jax.jit(f).lower(...).compile()` returns. Its
+        `cost_analysis()` is a dict or, in some JAX versions, a list of one
+        dict per HLO module of the executable; every module runs, so their
+        counts add up.
+
+    Returns:
+      {"flops", "bytes_accessed"}, each NaN where XLA gives no count.
+    """
+    analysis = compiled.cost_analysis() or []
+    parts = analysis if isinstance(analysis, (list, tuple)) else [analysis]
+
+    def total(key: str) -> float:
+        if not parts or any(key not in part for part in parts):
+            return math.nan
+        return float(sum(part[key] for part in parts))
+
+    return {"flops": total("flops"), "bytes_accessed": total("bytes accessed")}
+
+
 def plan_run(config: ml_collections.ConfigDict) -> Plan:
     """Plans `config`'s run on this machine's devices without allocating or reading data.
 
@@ -126,8 +149,6 @@ def plan_run(config: ml_collections.ConfigDict) -> Plan:
         "label": jax.ShapeDtypeStruct((batch_per_device,), np.int32),
     }
     compiled = _compiled_step(config, state, batch)
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     memory = compiled.memory_analysis()
     step_memory = (
         memory.argument_size_in_bytes
@@ -144,7 +165,7 @@ def plan_run(config: ml_collections.ConfigDict) -> Plan:
         grad_bytes=_nbytes(state.params),
         optimizer_bytes=_nbytes(state.opt_state),
         activation_bytes=_activation_bytes(model, state, batch, config.grad_accum_steps),
-        flops_per_step=float(cost.get("flops", float("nan"))) if cost else float("nan"),
+        flops_per_step=xla_cost(compiled)["flops"],
         step_memory_bytes=int(step_memory),
         batch_per_device=batch_per_device,
         num_devices=num_devices,

@@ -1,4 +1,4 @@
-"""The seed's PyTorch models, the reference fmjax is checked against.
+"""The seed's PyTorch models: the reference the port's tests check fmjax against, and the benchmark times.
 
 `Net` is the seed's program with its fc1 size fixed (a VALID k x k conv of an
 H x W image gives (H - k + 1) x (W - k + 1), not H x W); `MLP` is its fully
