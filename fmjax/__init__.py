@@ -10,7 +10,7 @@ from fmjax.core import losses, models
 from fmjax.core.optim import create_optimizer
 from fmjax.core.state import TrainState, create_train_state
 from fmjax.core.steps import eval_step, train_step
-from fmjax.run.checkpoint import restore_params
+from fmjax.run.checkpoint_reads import restore_params
 
 __all__ = [
     "TrainState",

@@ -29,7 +29,8 @@ def _define_flags(flag_values: flags.FlagValues) -> None:
 
 
 def main(argv: list[str]) -> int:
-    flag_values, config, _ = cli.parse_flags(argv, _define_flags)
+    args = cli.parse(argv, __doc__.splitlines()[0], _define_flags, workdir="none")
+    flag_values, config = args.flags, args.config
     # Imported once the flags are good: a bad flag is reported without starting JAX.
     from benchmarks.checkpoints import format_report, measure_checkpoint_cost
     from benchmarks.machine import machine_line

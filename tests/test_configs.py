@@ -68,7 +68,7 @@ def test_tfds_configs_train_on_mock_data(name, tmp_path):
     config.num_epochs = 1
     with tfds.testing.mock_data(num_examples=40):
         record = train_and_evaluate(config, str(tmp_path))
-        evaluated = evaluate_checkpoint(config, str(tmp_path))
+        evaluated = evaluate_checkpoint(str(tmp_path), config=config)
     # The saved params (and the ResNet's batch statistics) give the same accuracy.
     assert evaluated["accuracy"] == record["test_accuracy"]
     assert evaluated["num_examples"] == 40

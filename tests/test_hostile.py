@@ -31,7 +31,7 @@ from fmjax import cli
 from fmjax.config import base_config
 from fmjax.errors import UserError
 from fmjax.run import checkpoint as ckpt
-from fmjax.run import config_checks, rundir
+from fmjax.run import config_checks, files, rundir
 from fmjax.run import identity as run_identity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -178,7 +178,7 @@ def test_3_a_refused_write_in_the_run_folder_is_one_line_too(run_copy, capsys, m
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(rundir.tempfile, "mkstemp", no_space)
+    monkeypatch.setattr(files.tempfile, "mkstemp", no_space)
     assert train(run_copy) == cli.EXIT_WRITE_FAILED
     assert one_error_line(capsys) == f"error: cannot write {run_copy / 'config.json'}: no space left on the device"
 
@@ -289,8 +289,8 @@ def test_5_atomic_writes_leave_no_temporary_file_and_never_a_half(tmp_path, monk
         real_write(descriptor, bytes(data[: len(data) // 2]))
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(rundir.os, "write", write_half_then_fail)
-    with pytest.raises(rundir.WriteError, match="no space left on the device"):
+    monkeypatch.setattr(files.os, "write", write_half_then_fail)
+    with pytest.raises(files.WriteError, match="no space left on the device"):
         rundir.write_text(str(tmp_path), "config.json", "new and longer")
     assert (tmp_path / "config.json").read_text() == "old"
     assert os.listdir(tmp_path) == ["config.json"]

@@ -39,8 +39,10 @@ CHILD = textwrap.dedent(
     """
     import json, os, sys
     from fmjax import cli
-    flag_values, config, workdir = cli.parse_flags(sys.argv, cli.define_distributed_flags)
-    cli.join_process_group(flag_values)
+    from fmjax.cli.parsing import define_distributed_flags, join_process_group
+    args = cli.parse(sys.argv, 'a multi-process run', define_distributed_flags)
+    config, workdir = args.config, args.workdir
+    join_process_group(args.flags)
     import jax
     from fmjax.tools.evaluate import evaluate_checkpoint
     from fmjax.run.trainer import train_and_evaluate
@@ -48,7 +50,7 @@ CHILD = textwrap.dedent(
     for mode in %r:
         config.parallel = mode
         record = train_and_evaluate(config, os.path.join(workdir, mode))
-        evaluation = evaluate_checkpoint(config, os.path.join(workdir, mode))
+        evaluation = evaluate_checkpoint(os.path.join(workdir, mode), config=config)
         runs[mode] = {
             "test_accuracy": record["test_accuracy"],
             "eval_accuracy": evaluation["accuracy"],

@@ -88,6 +88,6 @@ def test_trains_and_evaluates_to_the_same_accuracy(prepared, tmp_path):
     data_dir, _ = prepared
     record = trainer.train_and_evaluate(config(data_dir), str(tmp_path))
     assert record["step"] == 2 * 24 // 8
-    result = evaluate_checkpoint(config(data_dir), str(tmp_path))
+    result = evaluate_checkpoint(str(tmp_path), config=config(data_dir))
     assert result["num_examples"] == 9
     assert result["accuracy"] == record["test_accuracy"]

@@ -41,6 +41,30 @@ class TrainState:
         return variables
 
 
+@flax.struct.dataclass
+class ModelState:
+    """What a forward pass reads, without an optimizer: for evaluating or serving trained params.
+
+    `fmjax.eval_step` takes it as it takes a TrainState.
+
+    Attributes:
+      params: the model's parameters.
+      batch_stats: the model's running statistics (BatchNorm), {} if none.
+      apply_fn: the model's `apply` (static: not a pytree leaf).
+    """
+
+    params: Any
+    batch_stats: Any
+    apply_fn: Callable = flax.struct.field(pytree_node=False)
+
+    def variables(self, params: Any = None) -> dict:
+        """The `variables` dict that `apply_fn` takes, with `params` if given."""
+        variables = {"params": self.params if params is None else params}
+        if self.batch_stats:
+            variables["batch_stats"] = self.batch_stats
+        return variables
+
+
 def create_train_state(
     rng: jax.Array,
     model: nn.Module,

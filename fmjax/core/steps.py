@@ -5,13 +5,13 @@ compose with them. A batch is a dict with "image" float [B, H, W, C], "label"
 int32 [B] and, optionally, "mask" [B] (1 for real examples, 0 for padding).
 """
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
 
 from fmjax.core.losses import cross_entropy
-from fmjax.core.state import TrainState
+from fmjax.core.state import ModelState, TrainState
 
 Batch = dict[str, jnp.ndarray]
 LossFn = Callable[[jnp.ndarray, jnp.ndarray, Optional[jnp.ndarray]], jnp.ndarray]
@@ -164,12 +164,12 @@ def all_finite(tree: Any) -> jnp.ndarray:
 
 
 def eval_step(
-    state: TrainState, batch: Batch, *, loss_fn: LossFn = cross_entropy
+    state: Union[TrainState, ModelState], batch: Batch, *, loss_fn: LossFn = cross_entropy
 ) -> dict[str, jnp.ndarray]:
     """Sums over one batch, so that adding them up over batches is exact.
 
     Args:
-      state: the TrainState to evaluate.
+      state: the TrainState, or the ModelState of trained params, to evaluate.
       batch: {"image", "label"} and an optional "mask"; masked examples
         (padding of the last batch) count nowhere.
       loss_fn: (logits, labels, mask) -> scalar mean loss.

@@ -18,30 +18,24 @@ A write that fails (no space left, no permission) raises CheckpointWriteError
 at the next step boundary, naming the cause and the newest complete step.
 """
 
-import inspect
-import logging
 import os
 import shutil
-import sys
 import threading
 from typing import Any, Callable, Optional
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from fmjax.errors import UserError, WriteFailure
-from fmjax.run import rundir
-
-CHECKPOINT_SUBDIR = "checkpoints"
-DAMAGED_SUBDIR = "damaged_checkpoints"
-_CAUSE_CHARS = 120  # of a read error, quoted in a one-line message
+from fmjax.run import files, rundir
+from fmjax.run.checkpoint_shapes import check_state_matches
+from fmjax.run.quiet import one_line, quiet_reads_outliving_a_failed_restore
 
 
 def checkpoint_dir(workdir: str) -> str:
     """Where the checkpoints of the run in `workdir` live."""
-    return os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
+    return os.path.join(os.path.abspath(workdir), rundir.CHECKPOINT_SUBDIR)
 
 
 def checkpoint_manager(
@@ -109,9 +103,9 @@ def _complete_steps(manager: ocp.CheckpointManager) -> list[int]:
 
 
 def _write_error(manager: ocp.CheckpointManager, error: BaseException, step: Optional[int]) -> CheckpointWriteError:
-    cause = rundir.describe_write_failure(error) or _one_line(error)
+    cause = files.describe_write_failure(error) or one_line(error)
     complete = [s for s in _complete_steps(manager) if s != step]
-    _quiet_reads_outliving_a_failed_restore()
+    quiet_reads_outliving_a_failed_restore()
     return CheckpointWriteError(step, cause, str(manager.directory), max(complete, default=None))
 
 
@@ -161,7 +155,7 @@ def save_checkpoint(manager: ocp.CheckpointManager, state: Any, meta: dict) -> N
             args=ocp.args.Composite(state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)),
         )
     except Exception as error:  # noqa: BLE001 - a write that fails stops training
-        if rundir.describe_write_failure(error) is None and previous is None:
+        if files.describe_write_failure(error) is None and previous is None:
             raise
         raise _write_error(manager, error, previous if previous is not None else step) from error
     with _in_flight_lock:
@@ -177,70 +171,14 @@ def close_manager(manager: ocp.CheckpointManager) -> None:
     try:
         manager.close()
     except Exception as error:  # noqa: BLE001
-        if step is None and rundir.describe_write_failure(error) is None:
+        if step is None and files.describe_write_failure(error) is None:
             return  # already reported: the exception that ends the run says why
         raise _write_error(manager, error, step) from error
     if step is not None and step not in _complete_steps(manager):
         raise _write_error(manager, RuntimeError("the write did not complete"), step)
 
 
-def _path_names(path) -> tuple:
-    """A tree path as plain names, so a namedtuple's field and a dict's key compare equal."""
-    names = []
-    for entry in path:
-        for attribute in ("key", "name", "idx"):
-            if hasattr(entry, attribute):
-                names.append(str(getattr(entry, attribute)))
-                break
-        else:
-            names.append(str(entry))
-    return tuple(names)
-
-
-def _shapes(tree: Any) -> dict[str, tuple]:
-    leaves = jax.tree_util.tree_leaves_with_path(tree)
-    return {"".join(f"[{n!r}]" for n in _path_names(path)): tuple(leaf.shape) for path, leaf in leaves}
-
-
-def check_params_match(saved_params: Any, model_params: Any, where: str) -> None:
-    """Raises a UserError if two params trees differ in structure or shapes.
-
-    Args:
-      saved_params: params (arrays or array metadata) read from `where`.
-      model_params: the config's model params (arrays or jax.ShapeDtypeStruct).
-      where: names the checkpoint in the message.
-    """
-    saved, wanted = _shapes(saved_params), _shapes(model_params)
-    if saved != wanted:
-        name = sorted(set(saved.items()) ^ set(wanted.items()))[0][0]
-        raise UserError(
-            f"{where} is from another model (params{name}: checkpoint "
-            f"{saved.get(name, 'absent')}, config {wanted.get(name, 'absent')}); "
-            "use a new --workdir or the config that wrote it"
-        )
-
-
-def check_state_matches(saved_state: Any, abstract_state: Any, where: str) -> None:
-    """Raises a UserError if a checkpoint's state is not of the config's model and optimizer.
-
-    Compared before any array is read, so a checkpoint of another optimizer
-    (adam and sgd, or gradient clipping added) is a mismatch, never damage.
-    """
-    check_params_match(saved_state["params"], abstract_state.params, where)
-    for part, what, keys in (
-        ("opt_state", "an optimizer state", "config.optimizer, config.grad_clip_norm or config.optimizer.weight_decay"),
-        ("batch_stats", "batch statistics", "config.model"),
-    ):
-        saved, wanted = _shapes(saved_state.get(part) or {}), _shapes(getattr(abstract_state, part))
-        if saved != wanted:
-            raise UserError(
-                f"{where} holds {what} of another structure ({len(saved)} arrays, the config's "
-                f"has {len(wanted)}): {keys} differ from the run's; resume with the run's values, "
-                "or pass another --workdir (fmjax.restore_params reads its params to start from)"
-            )
-
-
-def _state_metadata(manager: ocp.CheckpointManager, step: int) -> Any:
+def state_metadata(manager: ocp.CheckpointManager, step: int) -> Any:
     """The array metadata of a step's state; a missing metadata file is damage (ValueError)."""
     saved = manager.item_metadata(step)["state"]
     if saved is None:
@@ -264,7 +202,7 @@ def restore_checkpoint(
       The restored TrainState and the checkpoint's meta dict.
     """
     check_state_matches(
-        _state_metadata(manager, step), abstract_state, f"the checkpoint at step {step} in {manager.directory}"
+        state_metadata(manager, step), abstract_state, f"the checkpoint at step {step} in {manager.directory}"
     )
     restored = manager.restore(
         step,
@@ -305,7 +243,7 @@ def restore_newest_readable(
     if steps:
         # Before the first read: TensorStore's threads may report a failed
         # read before the except clause below runs.
-        _quiet_reads_outliving_a_failed_restore()
+        quiet_reads_outliving_a_failed_restore()
     for step in steps:
         try:
             found = (step, *restore_checkpoint(manager, step, abstract_state))
@@ -313,11 +251,11 @@ def restore_newest_readable(
         except UserError:
             raise
         except Exception as error:  # noqa: BLE001 - any failure to read means damage
-            _quiet_reads_outliving_a_failed_restore()
+            quiet_reads_outliving_a_failed_restore()
             damaged.append(step)
             warn(
                 f"warning: checkpoint step {step} in {manager.directory} is unreadable "
-                f"({_one_line(error)}); setting it aside in {_damaged_dir(manager)}"
+                f"({one_line(error)}); setting it aside in {_damaged_dir(manager)}"
             )
     if damaged:
         _set_aside(manager, damaged)
@@ -331,7 +269,7 @@ def restore_newest_readable(
 
 
 def _damaged_dir(manager: ocp.CheckpointManager) -> str:
-    return os.path.join(os.path.dirname(str(manager.directory)), DAMAGED_SUBDIR)
+    return os.path.join(os.path.dirname(str(manager.directory)), rundir.DAMAGED_SUBDIR)
 
 
 def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
@@ -349,170 +287,3 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("fmjax: damaged checkpoints set aside")
     manager.reload()
-
-
-def _one_line(error: Exception) -> str:
-    text = " ".join(str(error).split())
-    if len(text) > _CAUSE_CHARS:
-        text = text[: _CAUSE_CHARS - 3] + "..."
-    return f"{type(error).__name__}: {text}"
-
-
-def _quiet_reads_outliving_a_failed_restore() -> None:
-    # When one read of a damaged step fails, Orbax's event loop closes while
-    # TensorStore still completes the reads that were in flight; each then
-    # reports "Event loop is closed" as an unraisable exception, a screenful
-    # that adds nothing to the one-line message.
-    previous_hook = sys.unraisablehook
-    if getattr(previous_hook, "quiets_closed_event_loops", False):
-        return
-
-    def hook(unraisable):
-        if isinstance(unraisable.exc_value, RuntimeError) and str(
-            unraisable.exc_value
-        ) == "Event loop is closed":
-            return
-        # Coroutines of the failed read, collected unfinished ("Exception ignored in coroutine").
-        if inspect.iscoroutine(unraisable.object) or inspect.iscoroutine(getattr(unraisable.object, "__self__", None)):
-            return
-        previous_hook(unraisable)
-
-    hook.quiets_closed_event_loops = True
-    sys.unraisablehook = hook
-    # TensorStore's threads report the same error through PyErr_Print, that
-    # is, sys.excepthook, some of the time.
-    previous_excepthook = sys.excepthook
-
-    def excepthook(kind, value, traceback):
-        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
-            return
-        previous_excepthook(kind, value, traceback)
-
-    sys.excepthook = excepthook
-    # The other reads' futures and tasks, failed too and never awaited, are
-    # reported by asyncio's logger when collected ("Future exception was never
-    # retrieved", "Task exception was never retrieved").
-    logging.getLogger("asyncio").addFilter(_UnretrievedReadErrors())
-
-
-class _UnretrievedReadErrors(logging.Filter):
-    """Drops asyncio's reports of failed futures nobody awaited: the failed restore's other reads."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(
-            ("Future exception was never retrieved", "Task exception was never retrieved")
-        )
-
-
-def _existing_manager(workdir: str, step: Optional[int]) -> tuple[ocp.CheckpointManager, int]:
-    manager = checkpoint_manager(workdir, create=False) if os.path.isdir(
-        checkpoint_dir(workdir)
-    ) else None
-    steps = manager.all_steps() if manager else []
-    if not steps:
-        raise UserError(f"no checkpoint in {workdir}; train there first with train.py --workdir {workdir}")
-    if step is None:
-        return manager, max(steps)
-    if step not in steps:
-        raise UserError(
-            f"no checkpoint at step {step} in {workdir}; it has steps {', '.join(map(str, sorted(steps)))}"
-        )
-    return manager, step
-
-
-def _restore_or_name_damage(manager: ocp.CheckpointManager, step: int, restore: Callable[[], Any]) -> Any:
-    """Runs `restore`; a failure to read the step's files becomes a one-line UserError."""
-    try:
-        return restore()
-    except UserError:
-        raise
-    except Exception as error:  # noqa: BLE001 - any failure to read means damage
-        _quiet_reads_outliving_a_failed_restore()
-        others = [s for s in sorted(manager.all_steps()) if s != step]
-        choice = f"pass --step with one of {', '.join(map(str, others))}" if others else "train again"
-        raise UserError(
-            f"the checkpoint at step {step} in {manager.directory} is damaged "
-            f"({_one_line(error)}); {choice}"
-        ) from error
-
-
-def restore_params(workdir: str, step: Optional[int] = None) -> Any:
-    """The trained params of the run in `workdir`, as numpy arrays, for research code.
-
-    Reads only the params (not the optimizer state) and needs no config: the
-    tree's structure and shapes come from the checkpoint.
-
-    Args:
-      workdir: a run directory written by train.py.
-      step: the checkpoint's step; the latest when None.
-
-    Returns:
-      The params pytree, e.g. {"conv1": {"kernel", "bias"}, "fc1": ..., "fc2": ...}.
-    """
-    return restore_params_at(workdir, step)[1]
-
-
-def restore_params_at(workdir: str, step: Optional[int] = None) -> tuple[int, Any]:
-    """Like restore_params, and also the step it read: (step, params)."""
-    step, variables = restore_variables_at(workdir, step)
-    return step, variables["params"]
-
-
-def restore_variables_at(workdir: str, step: Optional[int] = None) -> tuple[int, dict]:
-    """The model's variables at `step` (the latest when None), without the optimizer state.
-
-    Returns:
-      (step, variables): {"params": ...} and, for a model with batch
-      statistics, "batch_stats"; numpy arrays, ready for the model's `apply`.
-    """
-    manager, step = _existing_manager(workdir, step)
-
-    def restore():
-        saved = _state_metadata(manager, step)
-        item = {name: saved[name] for name in ("params", "batch_stats") if saved.get(name)}
-        return manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
-                    item=item,
-                    restore_args=jax.tree.map(
-                        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item
-                    ),
-                    partial_restore=True,
-                )
-            ),
-        ).state
-
-    return step, _restore_or_name_damage(manager, step, restore)
-
-
-def read_meta(workdir: str, step: Optional[int] = None) -> tuple[int, dict]:
-    """The step and meta dict of `workdir`'s checkpoint at `step` (the latest when None)."""
-    manager, step = _existing_manager(workdir, step)
-    return step, _restore_or_name_damage(
-        manager,
-        step,
-        lambda: manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta,
-    )
-
-
-def newest_meta(workdir: str) -> Optional[tuple[int, dict]]:
-    """(step, meta) of the newest checkpoint in `workdir` whose meta reads back, or None; reads only.
-
-    A step whose meta fails to read is left for `restore_newest_readable` to judge.
-    """
-    if not os.path.lexists(checkpoint_dir(workdir)):
-        return None
-    manager = checkpoint_manager(workdir, create=False)
-    try:
-        for step in sorted(manager.all_steps(), reverse=True):
-            try:
-                meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-            except Exception:  # noqa: BLE001 - damage; judged when the state is restored
-                _quiet_reads_outliving_a_failed_restore()
-                continue
-            if isinstance(meta, dict):
-                return step, meta
-        return None
-    finally:
-        manager.close()

@@ -22,9 +22,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from fmjax.errors import UserError
-from fmjax.run import rundir
-
-LOCK_FILE = "train.lock"
+from fmjax.run import files, rundir
 
 
 @contextlib.contextmanager
@@ -57,7 +55,7 @@ def _open_lock_file(path: str) -> int:
         descriptor = os.open(path, flags, 0o644)
     except OSError as error:
         if error.errno == errno.ELOOP:
-            rundir.refuse_link(path)
+            files.refuse_link(path)
         raise UserError(f"cannot open {path} ({error.strerror}); fix the workdir's permissions") from None
     info = os.fstat(descriptor)
     if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
@@ -70,8 +68,8 @@ def _open_lock_file(path: str) -> int:
 @contextlib.contextmanager
 def _try_lock(workdir: str) -> Iterator[Optional[str]]:
     """Tries the lock once; yields None when taken, else who holds it."""
-    rundir.prepare_workdir(workdir)
-    descriptor = _open_lock_file(os.path.join(workdir, LOCK_FILE))
+    files.prepare_workdir(workdir)
+    descriptor = _open_lock_file(os.path.join(workdir, rundir.LOCK_FILE))
     with os.fdopen(descriptor, "r+") as lock_file:
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1,11 +1,18 @@
-"""The files of a run directory, written so that none is ever half-written or followed elsewhere.
+"""A run directory: the name and format of every file in it, read and written in one place.
 
-Every file fmjax writes into a workdir (config.json, metrics.jsonl,
-config_changes.jsonl, eval_<step>.json, figures) is first written whole to a
-new temporary file in the same folder, opened with O_EXCL and O_NOFOLLOW, and
-then renamed over its name. A rename replaces a symbolic link instead of
-writing through it, and a crash leaves either the old file or the new one,
-never a part of either.
+WORKDIR/
+  config.json             the run's config, written at every start
+  metrics.jsonl           one JSON record per finished epoch
+  config_changes.jsonl    what --allow_config_change let differ, one line per resume
+  eval_<step>.json        scripts/evaluate.py's result for a checkpoint
+  confusion_<step>.png, mistakes_<step>.png   its figures
+  learning_curves.png     scripts/plot_metrics.py's figure
+  checkpoints/<step>/     Orbax checkpoints (fmjax.run.checkpoint)
+  damaged_checkpoints/    steps found unreadable, set aside
+  tensorboard/            TensorBoard events (and profiles)
+  train.lock              held by the one training in the folder
+
+Each file is written atomically, never through a link (fmjax.run.files).
 
 metrics.jsonl, one JSON record per finished epoch, is read back leniently at
 its end only: a last line cut short (by a crash inside a write, from an older
@@ -13,154 +20,32 @@ fmjax or another tool) is dropped with a warning, while damage anywhere
 before it is an error that names the line and touches nothing.
 """
 
-import contextlib
-import errno
 import json
 import os
-import stat
-import tempfile
-from typing import Callable, Iterator, Optional
+from typing import Callable
 
-from fmjax.errors import UserError, WriteFailure
+import ml_collections
+
+from fmjax.errors import UserError
+from fmjax.run.files import read_regular_file, write_file_atomically
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
-# What --allow_config_change let differ from the checkpoint, one line per resume.
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
+LEARNING_CURVES_FILE = "learning_curves.png"
+CHECKPOINT_SUBDIR = "checkpoints"
+DAMAGED_SUBDIR = "damaged_checkpoints"
+EVENTS_SUBDIR = "tensorboard"
+LOCK_FILE = "train.lock"
 
 
-class WriteError(WriteFailure):
-    """A file of the run could not be written (no space left, no permission); nothing was half-written.
-
-    Attributes:
-      path: the file.
-      cause: e.g. "no space left on the device".
-    """
-
-    def __init__(self, path: str, cause: str):
-        super().__init__(f"cannot write {path}: {cause}")
-        self.path = path
-        self.cause = cause
+def eval_file(step: int) -> str:
+    return f"eval_{step}.json"
 
 
-# errno -> the cause as a user reads it, and what to do.
-_WRITE_CAUSES = {
-    errno.ENOSPC: "no space left on the device",
-    errno.EDQUOT: "the disk quota is exceeded",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
-    errno.EROFS: "the file system is read-only",
-    errno.EIO: "an input/output error",
-}
-
-
-def describe_write_failure(error: BaseException) -> Optional[str]:
-    """The cause of a failed write, e.g. "no space left on the device", or None if `error` is no such failure.
-
-    Looks through the exception's chain, and at the message of errors that
-    wrap an OS error as text (TensorStore's, in Orbax).
-    """
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in _WRITE_CAUSES:
-            return _WRITE_CAUSES[error.errno]
-        text = str(error)
-        for code, cause in _WRITE_CAUSES.items():
-            if os.strerror(code) in text or f"os_error_code='{code}'" in text:
-                return cause
-        error = error.__cause__ or error.__context__
-    return None
-
-
-def prepare_workdir(workdir: str) -> None:
-    """Creates `workdir` (and its parents) if needed.
-
-    Raises:
-      UserError: it names an existing file, or cannot be created.
-    """
-    if os.path.lexists(workdir) and not os.path.isdir(workdir):
-        kind = "a broken symbolic link" if os.path.islink(workdir) else "a file"
-        raise UserError(f"--workdir {workdir} is {kind}, not a folder; pass a folder (new or a run's)")
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as error:
-        raise UserError(
-            f"cannot create --workdir {workdir} ({error.strerror}); pass a folder you can write to"
-        ) from None
-
-
-def refuse_link(path: str) -> None:
-    """Raises a UserError when `path` is a symbolic link: fmjax never writes through one."""
-    if os.path.islink(path):
-        raise UserError(
-            f"{path} is a symbolic link (to {os.readlink(path)}); fmjax does not write through "
-            "links in a run directory: remove the link"
-        )
-
-
-@contextlib.contextmanager
-def _new_temporary_file(path: str) -> Iterator[tuple[int, str]]:
-    """A new file beside `path`, (descriptor, name); removed unless renamed away."""
-    folder, name = os.path.split(os.path.abspath(path))
-    # mkstemp opens with O_CREAT | O_EXCL, which never follows a link.
-    # The extension stays last: libraries pick a format by it.
-    suffix = f".tmp{os.path.splitext(name)[1]}"
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=folder)
-    try:
-        yield descriptor, temporary
-    finally:
-        with contextlib.suppress(OSError):
-            os.close(descriptor)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-
-
-def _not_a_file(path: str) -> UserError:
-    return UserError(f"{path} is a folder (or under a file); move it away, fmjax writes a file there")
-
-
-def write_file_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Writes `data` as the whole of `path`: a temporary file in its folder, synced, then renamed.
-
-    A symbolic link at `path` is replaced, never followed.
-
-    Raises:
-      WriteError: the folder is full or not writable; `path` is as it was.
-    """
-    with _named_write_errors(path), _new_temporary_file(path) as (descriptor, temporary):
-        view = memoryview(data)
-        while view:
-            view = view[os.write(descriptor, view) :]
-        os.fchmod(descriptor, mode)
-        os.fsync(descriptor)
-        os.replace(temporary, path)
-
-
-def write_file_with(path: str, write: Callable[[str], None]) -> None:
-    """Runs `write(temporary_path)` (a library that writes a file by name), then renames it to `path`.
-
-    Raises:
-      WriteError: as write_file_atomically.
-    """
-    with _named_write_errors(path), _new_temporary_file(path) as (descriptor, temporary):
-        os.close(descriptor)
-        write(temporary)
-        os.replace(temporary, path)
-
-
-@contextlib.contextmanager
-def _named_write_errors(path: str) -> Iterator[None]:
-    """Turns a failed write of `path` into the one-line error that names it and its cause."""
-    try:
-        yield
-    except (IsADirectoryError, NotADirectoryError):
-        raise _not_a_file(path) from None
-    except OSError as error:
-        cause = describe_write_failure(error)
-        if cause is None:
-            raise
-        raise WriteError(path, cause) from error
+def eval_figures(step: int) -> tuple[str, str]:
+    """The names of evaluate's confusion matrix and most confident mistakes for a checkpoint."""
+    return f"confusion_{step}.png", f"mistakes_{step}.png"
 
 
 def write_text(workdir: str, name: str, text: str) -> str:
@@ -173,23 +58,6 @@ def write_text(workdir: str, name: str, text: str) -> str:
 def write_json(workdir: str, name: str, value, indent: int = 2) -> str:
     """Writes `value` as JSON to workdir/name atomically; returns the path."""
     return write_text(workdir, name, json.dumps(value, indent=indent) + "\n")
-
-
-def _read_regular_file(path: str) -> Optional[bytes]:
-    """The bytes of `path`; None when absent. A link or a non-regular file is refused."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            refuse_link(path)
-        raise UserError(f"cannot read {path} ({error.strerror}); fix its permissions") from None
-    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-        os.close(descriptor)
-        raise UserError(f"{path} is not a regular file; move it away (fmjax writes a file there)")
-    with os.fdopen(descriptor, "rb") as f:
-        return f.read()
 
 
 def parse_metrics(text: str, path: str, warn: Callable[[str], None]) -> list[dict]:
@@ -224,7 +92,7 @@ def parse_metrics(text: str, path: str, warn: Callable[[str], None]) -> list[dic
 def read_metrics(workdir: str, warn: Callable[[str], None] = print) -> list[dict]:
     """The epoch records of workdir/metrics.jsonl ([] if there is none); see parse_metrics."""
     path = os.path.join(workdir, METRICS_FILE)
-    data = _read_regular_file(path)
+    data = read_regular_file(path)
     if data is None:
         return []
     return parse_metrics(data.decode(errors="replace"), path, warn)
@@ -241,7 +109,7 @@ def keep_metrics_through(workdir: str, last_epoch: int, warn: Callable[[str], No
     wrote them; the resumed run writes them again.
     """
     path = os.path.join(workdir, METRICS_FILE)
-    data = _read_regular_file(path)
+    data = read_regular_file(path)
     if data is None:
         return
     records = parse_metrics(data.decode(errors="replace"), path, warn)
@@ -260,7 +128,38 @@ def append_metrics(workdir: str, record: dict) -> None:
 def append_config_change(workdir: str, record: dict) -> None:
     """Adds one line to config_changes.jsonl, atomically."""
     path = os.path.join(workdir, CONFIG_CHANGES_FILE)
-    data = _read_regular_file(path) or b""
+    data = read_regular_file(path) or b""
     if data and not data.endswith(b"\n"):
         data += b"\n"
     write_file_atomically(path, data + (json.dumps(record) + "\n").encode())
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> str:
+    """Writes the run's config as config.json; returns the path."""
+    return write_text(workdir, CONFIG_FILE, config.to_json_best_effort(indent=2))
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config the run in `workdir` trained with, from its config.json.
+
+    Raises:
+      UserError: the folder or its config.json is missing, or not a config.
+    """
+    if not os.path.isdir(workdir):
+        raise UserError(f"run directory {workdir} does not exist; pass a --workdir that train.py wrote")
+    path = os.path.join(workdir, CONFIG_FILE)
+    data = read_regular_file(path)
+    if data is None:
+        raise UserError(f"{path} is missing; train in {workdir} with train.py, which writes it")
+    try:
+        value = json.loads(data)
+    except ValueError as error:
+        raise UserError(f"{path} is not valid JSON ({error}); train in {workdir} again, which rewrites it") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} is not a config (a JSON object); train in {workdir} again, which rewrites it")
+    return ml_collections.ConfigDict(value)
+
+
+def write_eval(workdir: str, result: dict) -> str:
+    """Writes evaluate's result for the checkpoint at result["step"]; returns the path."""
+    return write_json(workdir, eval_file(result["step"]), result)

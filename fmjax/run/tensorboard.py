@@ -12,7 +12,8 @@ import time
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-EVENTS_SUBDIR = "tensorboard"
+from fmjax.run import rundir
+
 # The first record of every event file, which readers check.
 _FILE_VERSION = "brain.Event:2"
 
@@ -21,7 +22,7 @@ class EpochSummaries:
     """Writes scalars to WORKDIR/tensorboard for `tensorboard --logdir WORKDIR`."""
 
     def __init__(self, workdir: str):
-        directory = os.path.join(workdir, EVENTS_SUBDIR)
+        directory = os.path.join(workdir, rundir.EVENTS_SUBDIR)
         os.makedirs(directory, exist_ok=True)
         now = time.time()
         # A new file per run, named as TensorBoard's readers expect.

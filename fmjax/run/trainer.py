@@ -30,6 +30,7 @@ from fmjax.parallel.modes import abstract_state, parallel_from_config
 from fmjax.run import checkpoint as ckpt
 from fmjax.run import identity as run_identity
 from fmjax.run import rundir
+from fmjax.run.checkpoint_reads import newest_meta
 from fmjax.run.config_checks import check_config
 from fmjax.run.divergence import HealthCheck, LossGrowthError, NonFiniteError
 from fmjax.run.lock import hold_workdir
@@ -45,7 +46,6 @@ from fmjax.run.placement import place_data
 from fmjax.run.preemption import Preempted, watch_for_sigterm
 from fmjax.run.record import CheckpointRecord, TrainSums
 from fmjax.run.runtime import use_compilation_cache, use_freed_memory_again
-from fmjax.run.tensorboard import EVENTS_SUBDIR
 
 __all__ = ["LossGrowthError", "NonFiniteError", "Preempted", "train_and_evaluate"]
 
@@ -84,7 +84,7 @@ def train_and_evaluate(
     identity = run_identity.run_record(config, dataset.class_names, dataset.num_train)
     # A resume continues the same run: refused, touching nothing, if it is not.
     config_changes = run_identity.check_resume(
-        ckpt.newest_meta(workdir), identity, workdir, allow_config_change, warn=log
+        newest_meta(workdir), identity, workdir, allow_config_change, warn=log
     )
 
     with contextlib.ExitStack() as on_exit:
@@ -122,7 +122,7 @@ def train_and_evaluate(
         if is_logging_process():
             if saved_step is not None:
                 run_identity.record_changes(workdir, saved_step, config_changes)
-            rundir.write_text(workdir, rundir.CONFIG_FILE, config.to_json_best_effort(indent=2))
+            rundir.write_config(workdir, config)
             rundir.keep_metrics_through(workdir, epochs_logged, warn=log)
         records = EpochRecords(workdir, config.num_epochs)
         on_exit.callback(records.close)
@@ -131,7 +131,7 @@ def train_and_evaluate(
         # Closed before any exception's message is printed: a bar left on the line would run into it.
         on_exit.callback(progress.close)
         steps_per_call = StepsPerCall(config.host_check_seconds)
-        profile = StepProfile(config.profile_steps, os.path.join(workdir, EVENTS_SUBDIR), log)
+        profile = StepProfile(config.profile_steps, os.path.join(workdir, rundir.EVENTS_SUBDIR), log)
         on_exit.callback(profile.stop)
         # The first call compiles; images per second leave it out.
         compiled, timed_seconds, timed_steps = False, 0.0, 0

@@ -6,17 +6,13 @@ from typing import Any, Callable, Optional
 import jax
 import ml_collections
 import numpy as np
-import optax
 
-from fmjax.core.models import create_model
-from fmjax.core.state import TrainState
+from fmjax.core.state import ModelState
 from fmjax.data import Dataset, load_dataset
-from fmjax.errors import UserError
 from fmjax.parallel.modes import parallel_from_config
-from fmjax.run import checkpoint as ckpt
-from fmjax.run import rundir
-from fmjax.run.config_checks import check_config
+from fmjax.run import files, rundir
 from fmjax.run.placement import evaluate
+from fmjax.run.trained import load_trained
 
 
 def most_confident_mistakes(
@@ -51,34 +47,10 @@ def most_confident_mistakes(
     return {k: v[0] for k, v in kept.items()}
 
 
-def check_same_classes(meta: dict, class_names, image_size: int, where: str) -> None:
-    """Raises a UserError unless the data's classes and image size are those the checkpoint trained on.
-
-    A model's outputs mean its training classes, in order: evaluating it on a
-    data set of other classes (even as many) would report a meaningless accuracy.
-    """
-    saved = list(meta.get("class_names") or [])
-    if saved and saved != list(class_names):
-        differ = next(
-            (f"class {i}: {a!r} in the checkpoint, {b!r} in the data" for i, (a, b) in enumerate(zip(saved, class_names)) if a != b),
-            f"{len(saved)} classes in the checkpoint, {len(class_names)} in the data",
-        )
-        raise UserError(
-            f"{where} was trained on other classes than config.data names ({differ}); "
-            "evaluate with the run's data (its config.json)"
-        )
-    saved_size = meta.get("image_size")
-    if saved_size is not None and saved_size != image_size:
-        raise UserError(
-            f"{where} was trained on {saved_size}x{saved_size} images, config.image_size is "
-            f"{image_size}; evaluate with --config.image_size={saved_size}"
-        )
-
-
 def evaluate_checkpoint(
-    config: ml_collections.ConfigDict,
     workdir: str,
     step: Optional[int] = None,
+    config: Optional[ml_collections.ConfigDict] = None,
     figures_dir: Optional[str] = None,
     num_mistakes: int = 16,
 ) -> dict[str, Any]:
@@ -88,9 +60,10 @@ def evaluate_checkpoint(
     optimizer state.
 
     Args:
-      config: the run's config.
       workdir: the run's directory.
       step: the checkpoint's step; the latest when None.
+      config: the config whose data to evaluate on; the run's own (its
+        config.json) when None. Its classes and image size must be the run's.
       figures_dir: where process 0 writes confusion_<step>.png and
         mistakes_<step>.png (the `num_mistakes` misclassified test images the
         model was surest of); None writes no figure.
@@ -101,25 +74,13 @@ def evaluate_checkpoint(
       list, NaN for a class with no test example), "confusion_matrix" (a list
       of lists, rows are true labels), "figures" (the PNGs written)}.
     """
-    check_config(config)
+    config = rundir.read_config(workdir) if config is None else config
     dataset = load_dataset(config)
     parallel = parallel_from_config(config, prepare=dataset.prepare)
-    step, meta = ckpt.read_meta(workdir, step)
-    check_same_classes(meta, dataset.class_names, config.image_size, f"the checkpoint at step {step} in {workdir}")
-    step, variables = ckpt.restore_variables_at(workdir, step)
-    model = create_model(config.model, dataset.num_classes)
-    expected = jax.eval_shape(
-        model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, *dataset.image_shape), np.float32)
-    )["params"]
-    ckpt.check_params_match(variables["params"], expected, f"the checkpoint at step {step} in {workdir}")
-    state = TrainState(
-        step=np.int32(step),
-        params=variables["params"],
-        opt_state=(),
-        rng=jax.random.key(0),
-        batch_stats=variables.get("batch_stats", {}),
-        apply_fn=model.apply,
-        tx=optax.identity(),
+    trained = load_trained(workdir, step, config, data_classes=dataset.class_names)
+    step, model, variables = trained.step, trained.model, trained.variables
+    state = ModelState(
+        params=variables["params"], batch_stats=variables.get("batch_stats", {}), apply_fn=model.apply
     )
     result = evaluate(parallel, parallel.put_state(state), dataset, config.batch_size)
     confusion = result["confusion_matrix"]
@@ -129,18 +90,15 @@ def evaluate_checkpoint(
     if figures_dir is not None and jax.process_index() == 0:
         from fmjax.tools import plots
 
-        figures = [
-            os.path.join(figures_dir, f"confusion_{step}.png"),
-            os.path.join(figures_dir, f"mistakes_{step}.png"),
-        ]
-        rundir.write_file_with(
+        figures = [os.path.join(figures_dir, name) for name in rundir.eval_figures(step)]
+        files.write_file_with(
             figures[0], lambda path: plots.plot_confusion_matrix(confusion, dataset.class_names, path)
         )
         variables = jax.device_put(variables)
         mistakes = most_confident_mistakes(
             lambda images: model.apply(variables, images), dataset, config.batch_size, num_mistakes
         )
-        rundir.write_file_with(
+        files.write_file_with(
             figures[1],
             lambda path: plots.plot_misclassified(
                 mistakes["images"], mistakes["true_labels"], mistakes["predicted_labels"],

@@ -9,21 +9,17 @@ are decoded, resized and normalised exactly as the training images were.
 
 import dataclasses
 import errno
-import json
 import os
 import stat
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import jax
-import ml_collections
 import numpy as np
 
-from fmjax.core.models import create_model
 from fmjax.data.image_folder import IMAGE_EXTENSIONS, image_files_split
 from fmjax.data.pipeline import Dataset
 from fmjax.errors import UserError
-from fmjax.run import checkpoint as ckpt
-from fmjax.run.rundir import CONFIG_FILE
+from fmjax.run.trained import load_trained
 
 # One prediction: {"class": name, "probability": float}; one result per image:
 # {"path": str, "predictions": [prediction, ...]}, most probable first.
@@ -243,20 +239,6 @@ class Predictor:
         ]
 
 
-def read_run_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config the run in `workdir` trained with, from the config.json train.py wrote."""
-    if not os.path.isdir(workdir):
-        raise UserError(f"run directory {workdir} does not exist; pass a --workdir that train.py wrote")
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise UserError(f"{path} is missing; train in {workdir} with train.py, which writes it")
-    try:
-        with open(path) as config_file:
-            return ml_collections.ConfigDict(json.load(config_file))
-    except ValueError as error:
-        raise UserError(f"{path} is not valid JSON ({error}); train in {workdir} again, which rewrites it") from None
-
-
 def load_predictor(workdir: str, step: Optional[int] = None, batch_size: int = 64) -> Predictor:
     """A Predictor for the run in `workdir`, with the params of its checkpoint at `step`.
 
@@ -271,24 +253,14 @@ def load_predictor(workdir: str, step: Optional[int] = None, batch_size: int = 6
     """
     if batch_size < 1:
         raise UserError(f"batch size {batch_size} must be at least 1")
-    config = read_run_config(workdir)
-    step, meta = ckpt.read_meta(workdir, step)
-    step, variables = ckpt.restore_variables_at(workdir, step)
-    class_names = list(meta["class_names"])
-    image_size = int(meta["image_size"])
-    model = create_model(config.model, len(class_names))
-    expected = jax.eval_shape(
-        model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, image_size, image_size, 3), np.float32)
-    )["params"]
-    ckpt.check_params_match(variables["params"], expected, f"the checkpoint at step {step} in {workdir}")
-    normalize = config.data.normalize
+    trained = load_trained(workdir, step)
     return Predictor(
-        variables=jax.device_put(variables),
-        logits_fn=jax.jit(model.apply),
-        class_names=class_names,
-        image_size=image_size,
-        pixel_mean=tuple(map(float, config.data.mean)) if normalize else None,
-        pixel_std=tuple(map(float, config.data.std)) if normalize else None,
-        step=step,
+        variables=jax.device_put(trained.variables),
+        logits_fn=jax.jit(trained.model.apply),
+        class_names=trained.class_names,
+        image_size=trained.image_size,
+        pixel_mean=trained.pixel_mean,
+        pixel_std=trained.pixel_std,
+        step=trained.step,
         batch_size=batch_size,
     )

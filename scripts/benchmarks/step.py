@@ -9,9 +9,8 @@ import numpy as np
 
 from benchmarks.timing import time_interleaved
 from fmjax import create_optimizer, create_train_state
-from fmjax.core import losses
-from fmjax.core import models
 from fmjax.config import base_config
+from fmjax.core import losses, models
 from fmjax.errors import UserError
 from fmjax.parallel.modes import PARALLEL_MODES, make_data_parallel
 
