@@ -66,3 +66,11 @@ def test_micro_batches_cut_the_activations_the_dry_run_counts(capsys):
     batch_bytes = 64 // whole.num_devices * (16 * 16 * 3 * 4 + 4)  # images and labels, counted whole
     assert micro.activation_bytes - batch_bytes == pytest.approx((whole.activation_bytes - batch_bytes) / 4, rel=0.01)
     assert micro.state_bytes == whole.state_bytes
+
+
+def test_a_batch_that_training_refuses_the_dry_run_refuses_with_the_same_line(capsys):
+    argv = ["train.py", "--config", os.path.join(ROOT, "configs", "default.py"), "--config.batch_size=12", "--dry_run"]
+    assert cli.run(cli.train_main, argv) == cli.EXIT_USER_ERROR
+    assert capsys.readouterr().err.strip() == (
+        "error: config.batch_size=12 does not divide by the 8 devices; set it to a multiple of 8"
+    )

@@ -32,6 +32,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fmjax.core import steps
+from fmjax.core.batch_size import check_global_batch_size
 from fmjax.core.losses import get_loss
 from fmjax.core.state import TrainState
 from fmjax.errors import UserError
@@ -156,22 +157,6 @@ def _step_functions(
     return train_step, train_loop, eval_step, eval_loop
 
 
-def check_batch_size(global_batch_size: int, num_devices: int, grad_accum_steps: int = 1) -> None:
-    """Raises a UserError unless the global batch splits evenly over the devices and micro-batches."""
-    if grad_accum_steps == 1 and global_batch_size % num_devices:
-        raise UserError(
-            f"config.batch_size={global_batch_size} does not divide by the "
-            f"{num_devices} devices; set it to a multiple of {num_devices}"
-        )
-    parts = num_devices * grad_accum_steps
-    if global_batch_size % parts:
-        raise UserError(
-            f"config.batch_size={global_batch_size} does not split into {num_devices} "
-            f"device{'s' * (num_devices != 1)} x "
-            f"{grad_accum_steps} micro-batches (config.grad_accum_steps); set it to a multiple of {parts}"
-        )
-
-
 def make_data_parallel(
     mode: str,
     loss_fn: steps.LossFn,
@@ -235,7 +220,11 @@ def parallel_from_config(
         shard_params=config.shard_params,
         shard_params_min_size=config.shard_params_min_size,
     )
-    check_batch_size(config.batch_size, parallel.num_devices, config.grad_accum_steps)
+    check_global_batch_size(
+        config.batch_size,
+        num_devices=parallel.num_devices,
+        grad_accum_steps=config.grad_accum_steps,
+    )
     return parallel
 
 
