@@ -4,7 +4,7 @@ What is timed, each with warm-up calls first and then `repeats` calls whose
 median is reported with its spread:
 
 - the train step (forward, backward and Adam update) of fmjax, through both
-  data-parallel forms of fmjax.parallel.modes, and of the seed's model in PyTorch,
+  data-parallel forms of fmjax.parallel (pmap and jit), and of the seed's model in PyTorch,
   eager and under torch.compile;
 - the machine's float32 matmul rate and memory bandwidth, which with XLA's
   cost analysis of the compiled step give the step's roofline bound;
@@ -42,7 +42,7 @@ from fmjax.core.models import create_model
 from fmjax.core.optim import create_optimizer
 from fmjax.core.state import create_train_state
 from fmjax.errors import UserError
-from fmjax.parallel.modes import PARALLEL_MODES, make_data_parallel
+from fmjax.parallel.data_parallel import PARALLEL_MODES, make_data_parallel
 from fmjax.run.runtime import use_freed_memory_again
 
 # The issue's goals; the report shows them, nothing enforces them.
@@ -316,7 +316,7 @@ def fmjax_step(
     """fmjax's train step in data-parallel form `mode` over all local devices, ready to time.
 
     Args:
-      mode: "pmap" or "jit" (see fmjax.parallel.modes).
+      mode: "pmap" or "jit" (see fmjax.parallel.data_parallel).
       steps_per_call: 1 dispatches one step from the host per call; more run
         that many steps in one compiled loop over data on the devices, as
         train.py does when the data fit there.

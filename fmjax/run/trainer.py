@@ -32,7 +32,9 @@ from fmjax.core.optim import create_learning_rate_schedule, create_optimizer
 from fmjax.core.state import create_train_state
 from fmjax.data import Dataset, cache_placement, load_dataset
 from fmjax.data.pipeline import in_memory, split_pixels
-from fmjax.parallel.modes import DataParallel, abstract_state, parallel_from_config
+from fmjax.parallel.data_parallel import parallel_from_config
+from fmjax.parallel.interface import DataParallel
+from fmjax.parallel.mesh import abstract_state
 from fmjax.run import checkpoint as ckpt
 from fmjax.run import identity as run_identity
 from fmjax.run import rundir

@@ -12,7 +12,8 @@ from fmjax.core.models import create_model
 from fmjax.core.state import TrainState
 from fmjax.data import Dataset, load_dataset
 from fmjax.errors import UserError
-from fmjax.parallel.modes import DataParallel, parallel_from_config
+from fmjax.parallel.data_parallel import parallel_from_config
+from fmjax.parallel.interface import DataParallel
 from fmjax.run import checkpoint as ckpt
 from fmjax.run import rundir
 from fmjax.run.config_checks import check_config
