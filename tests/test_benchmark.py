@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from benchmarks import machine, pipeline, roofline, step, timing
 from benchmarks.checkpoints import CheckpointCost, format_report
+
 from fmjax.tools.dry_run import xla_cost
 
 SIZE, BATCH, HIDDEN, CLASSES = 12, 8, 16, 10  # BATCH divides the 8 test devices

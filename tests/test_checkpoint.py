@@ -15,7 +15,8 @@ import fmjax
 from fmjax.core.losses import cross_entropy
 from fmjax.core.models import SeedCNN
 from fmjax.errors import UserError
-from fmjax.parallel.modes import abstract_state, make_data_parallel
+from fmjax.parallel.data_parallel import make_data_parallel
+from fmjax.parallel.mesh import abstract_state
 from fmjax.run import checkpoint as ckpt
 
 # Runs in a child process with ONE device: restores `workdir`'s latest
@@ -27,7 +28,8 @@ CHILD = textwrap.dedent(
     import fmjax
     from fmjax.run import checkpoint as ckpt
     from fmjax.core.models import SeedCNN
-    from fmjax.parallel.modes import abstract_state, make_data_parallel
+    from fmjax.parallel.data_parallel import make_data_parallel
+    from fmjax.parallel.mesh import abstract_state
     from fmjax.core.losses import cross_entropy
 
     action, workdir, out = sys.argv[1:]

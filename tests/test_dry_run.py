@@ -88,3 +88,11 @@ def test_xla_cost_adds_the_modules_up_and_says_nan_for_a_missing_count():
     partial = xla_cost(_Compiled([{"flops": 10.0}]))
     assert partial["flops"] == 10.0 and math.isnan(partial["bytes_accessed"])
     assert all(math.isnan(count) for count in xla_cost(_Compiled(None)).values())
+
+
+def test_a_batch_that_training_refuses_the_dry_run_refuses_with_the_same_line(capsys):
+    argv = ["train.py", "--config", os.path.join(ROOT, "configs", "default.py"), "--config.batch_size=12", "--dry_run"]
+    assert cli.run(cli.train_main, argv) == cli.EXIT_USER_ERROR
+    assert capsys.readouterr().err.strip() == (
+        "error: config.batch_size=12 does not divide by the 8 devices; set it to a multiple of 8"
+    )

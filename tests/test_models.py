@@ -12,7 +12,7 @@ from fmjax.config import base_config
 from fmjax.core.losses import cross_entropy
 from fmjax.core.models import ResNet, SeedCNN, ValidConv, create_model
 from fmjax.errors import UserError
-from fmjax.parallel.modes import make_data_parallel
+from fmjax.parallel.data_parallel import make_data_parallel
 
 
 def model_config(**overrides):

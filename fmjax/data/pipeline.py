@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from fmjax.core.batch_size import check_global_batch_size
 from fmjax.errors import UserError
 
 Batch = dict[str, np.ndarray]
@@ -245,7 +246,7 @@ class Dataset:
 
     def num_test_batches(self, global_batch_size: int) -> int:
         """Global test batches, the last one padded."""
-        _check_positive_batch_size(global_batch_size)
+        check_global_batch_size(global_batch_size)
         return -(-self.num_test // global_batch_size)
 
     def pixel_bytes(self) -> int:
@@ -284,7 +285,7 @@ class Dataset:
         self, global_batch_size: int, *, process_index: int = 0, process_count: int = 1
     ) -> tuple[np.ndarray, np.ndarray]:
         """(indices, mask), each [num_test_batches, local batch]; see padded_test_indices."""
-        _check_positive_batch_size(global_batch_size)
+        check_global_batch_size(global_batch_size)
         _check_processes(global_batch_size, process_index, process_count)
         return padded_test_indices(self.num_test, global_batch_size, process_index, process_count)
 
@@ -358,7 +359,7 @@ class Dataset:
         return batch
 
     def _check_train_batch_size(self, global_batch_size: int) -> None:
-        _check_positive_batch_size(global_batch_size)
+        check_global_batch_size(global_batch_size)
         if global_batch_size > self.num_train:
             raise UserError(
                 f"global batch size {global_batch_size} is larger than the "
@@ -400,20 +401,9 @@ def _loaded_ahead(
             yield batch
 
 
-def _check_positive_batch_size(global_batch_size: int) -> None:
-    if global_batch_size < 1:
-        raise UserError(
-            f"global batch size {global_batch_size} must be at least 1; raise the batch size"
-        )
-
-
 def _check_processes(global_batch_size: int, process_index: int, process_count: int) -> None:
     if not 0 <= process_index < process_count:
         raise ValueError(
             f"process_index {process_index} is outside [0, {process_count})"
         )
-    if global_batch_size % process_count:
-        raise UserError(
-            f"global batch size {global_batch_size} does not split evenly over "
-            f"{process_count} processes; make it a multiple of {process_count}"
-        )
+    check_global_batch_size(global_batch_size, process_count=process_count)

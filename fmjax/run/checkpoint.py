@@ -195,7 +195,7 @@ def restore_checkpoint(
       manager: the run's CheckpointManager.
       step: a step that `manager.all_steps()` lists.
       abstract_state: a TrainState of jax.ShapeDtypeStruct with shardings (see
-        fmjax.parallel.modes.abstract_state); the devices it names need not be the
+        fmjax.parallel.mesh.abstract_state); the devices it names need not be the
         ones the checkpoint was saved from.
 
     Returns:

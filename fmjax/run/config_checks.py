@@ -23,7 +23,7 @@ from fmjax.data import CACHE_CHOICES
 from fmjax.data import SOURCES as DATA_SOURCES
 from fmjax.data.image_folder import BAD_IMAGE_CHOICES
 from fmjax.errors import UserError
-from fmjax.parallel.modes import PARALLEL_MODES
+from fmjax.parallel.data_parallel import PARALLEL_MODES
 
 
 def _is_int(value: Any) -> bool:

@@ -9,7 +9,7 @@ import numpy as np
 
 from fmjax.data import Dataset
 from fmjax.data.pipeline import in_memory, split_pixels
-from fmjax.parallel.modes import DataParallel
+from fmjax.parallel.interface import DataParallel
 
 # Steps dispatched ahead of the one the host waits for, when batches come from
 # the host. Enough to keep devices busy; unbounded queues of collectives can

@@ -26,7 +26,8 @@ import ml_collections
 from fmjax.core.build import build
 from fmjax.core.optim import create_learning_rate_schedule
 from fmjax.data import cache_placement, load_dataset
-from fmjax.parallel.modes import abstract_state, parallel_from_config
+from fmjax.parallel.data_parallel import parallel_from_config
+from fmjax.parallel.mesh import abstract_state
 from fmjax.run import checkpoint as ckpt
 from fmjax.run import identity as run_identity
 from fmjax.run import rundir

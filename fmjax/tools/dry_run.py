@@ -15,6 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from fmjax.core.batch_size import per_device_batch_size
 from fmjax.core.losses import get_loss
 from fmjax.core.models import create_model
 from fmjax.core.optim import create_optimizer
@@ -133,10 +134,11 @@ def plan_run(config: ml_collections.ConfigDict) -> Plan:
     The class count is `config.num_classes` and the input is
     `config.image_size` square with 3 channels. The step is compiled as one
     device runs it in data-parallel training: the whole state and
-    `batch_size / device count` examples.
+    `batch_size / device count` examples; a global batch that training
+    would refuse (fmjax.core.batch_size) is refused here too.
     """
     num_devices = jax.device_count()
-    batch_per_device = max(config.batch_size // num_devices, 1)
+    batch_per_device = per_device_batch_size(config.batch_size, num_devices, config.grad_accum_steps)
     model = create_model(config.model, config.num_classes)
     # The data's size is unknown here; a schedule's shape does not change the step's cost.
     optimizer = create_optimizer(config, steps_per_epoch=1)
@@ -206,7 +208,7 @@ def _activation_bytes(model: Any, state: Any, batch: dict, grad_accum_steps: int
         functools.partial(model.apply, capture_intermediates=True, mutable=["intermediates"]),
         variables,
         jax.ShapeDtypeStruct(
-            (max(batch["image"].shape[0] // grad_accum_steps, 1), *batch["image"].shape[1:]),
+            (batch["image"].shape[0] // grad_accum_steps, *batch["image"].shape[1:]),
             batch["image"].dtype,
         ),
     )

@@ -9,7 +9,7 @@ import numpy as np
 
 from fmjax.core.state import ModelState
 from fmjax.data import Dataset, load_dataset
-from fmjax.parallel.modes import parallel_from_config
+from fmjax.parallel.data_parallel import parallel_from_config
 from fmjax.run import files, rundir
 from fmjax.run.placement import evaluate
 from fmjax.run.trained import load_trained

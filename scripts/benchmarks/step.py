@@ -12,7 +12,7 @@ from fmjax import create_optimizer, create_train_state
 from fmjax.config import base_config
 from fmjax.core import losses, models
 from fmjax.errors import UserError
-from fmjax.parallel.modes import PARALLEL_MODES, make_data_parallel
+from fmjax.parallel.data_parallel import PARALLEL_MODES, make_data_parallel
 
 LOOP_STEPS = 8  # steps per compiled call in the "loop" variants
 
@@ -50,7 +50,7 @@ def fmjax_step(
     """fmjax's train step in data-parallel form `mode` over all local devices, ready to time.
 
     Args:
-      mode: "pmap" or "jit" (see fmjax.parallel.modes).
+      mode: "pmap" or "jit" (see fmjax.parallel.data_parallel).
       image_size: square input side in pixels.
       batch_size: global batch; must divide by the device count.
       hidden: fc1's width (the seed's is 1000).

@@ -1,43 +1,21 @@
-"""One device, pmap on 8 and jit on 8 fake CPU devices give the same params."""
+"""One device, pmap on 8 and jit on 8 fake CPU devices give the same params and the same sums."""
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from tiny_training import GLOBAL_BATCH, STEPS, global_batches, tiny_state
 
 import fmjax
+from fmjax.config import base_config
 from fmjax.core.losses import cross_entropy
-from fmjax.core.models import SeedCNN
 from fmjax.errors import UserError
-from fmjax.parallel.modes import check_batch_size, make_data_parallel
-
-GLOBAL_BATCH = 16
-STEPS = 4
-
-
-def initial_state():
-    model = SeedCNN(num_classes=4, features=4, hidden=16)
-    return fmjax.create_train_state(
-        jax.random.key(0), model, optax.adam(1e-2), jnp.zeros((1, 8, 8, 3))
-    )
-
-
-def global_batches():
-    rng = np.random.default_rng(0)
-    return [
-        {
-            "image": rng.random((GLOBAL_BATCH, 8, 8, 3), dtype=np.float32),
-            "label": rng.integers(0, 4, GLOBAL_BATCH).astype(np.int32),
-        }
-        for _ in range(STEPS)
-    ]
+from fmjax.parallel.data_parallel import make_data_parallel, parallel_from_config
 
 
 @pytest.fixture(scope="module")
 def single_device_run():
-    state = initial_state()
+    state = tiny_state()
     step = jax.jit(fmjax.train_step)
     losses = []
     for batch in global_batches():
@@ -51,7 +29,7 @@ def test_eight_devices_match_one(mode, single_device_run):
     assert jax.device_count() == 8
     expected_state, expected_losses = single_device_run
     parallel = make_data_parallel(mode, cross_entropy)
-    device_state = parallel.put_state(initial_state())
+    device_state = parallel.put_state(tiny_state())
     losses = []
     for batch in global_batches():
         device_state, metrics = parallel.train_step(device_state, parallel.put_batch(batch))
@@ -66,7 +44,7 @@ def test_eight_devices_match_one(mode, single_device_run):
 @pytest.mark.parametrize("mode", ["pmap", "jit"])
 def test_parallel_eval_sums_every_example_once(mode):
     parallel = make_data_parallel(mode, cross_entropy)
-    state = initial_state()
+    state = tiny_state()
     batch = global_batches()[0]
     batch["mask"] = np.array([1.0] * 11 + [0.0] * 5, np.float32)
     sums = jax.device_get(parallel.eval_step(parallel.put_state(state), parallel.put_batch(batch)))
@@ -77,44 +55,39 @@ def test_parallel_eval_sums_every_example_once(mode):
     np.testing.assert_array_equal(sums["confusion"], expected["confusion"])
 
 
-def test_a_batch_that_does_not_divide_by_the_devices_is_a_user_error():
-    with pytest.raises(UserError, match=r"config.batch_size=12 does not divide by the 8 devices"):
-        check_batch_size(12, 8)
-    check_batch_size(16, 8)
-
-
 def test_an_unknown_parallel_mode_is_a_user_error():
     with pytest.raises(UserError, match="config.parallel is 'auto'"):
         make_data_parallel("auto", cross_entropy)
 
 
-def test_label_smoothing_trains_but_evaluation_reports_the_plain_loss():
-    from fmjax.config import base_config
-    from fmjax.parallel.modes import parallel_from_config
+def test_shard_params_with_pmap_is_a_user_error():
+    with pytest.raises(UserError, match=r"config.shard_params needs config.parallel='jit'"):
+        make_data_parallel("pmap", cross_entropy, shard_params=True)
 
+
+def test_a_config_whose_batch_does_not_divide_by_the_devices_is_a_user_error():
+    config = base_config()
+    config.batch_size = 12
+    with pytest.raises(UserError, match=r"config.batch_size=12 does not divide by the 8 devices"):
+        parallel_from_config(config)
+
+
+def test_label_smoothing_trains_but_evaluation_reports_the_plain_loss():
     config = base_config()
     config.batch_size = GLOBAL_BATCH
     config.label_smoothing = 0.2
     parallel = parallel_from_config(config)
-    state = initial_state()
+    state = tiny_state()
     batch = global_batches()[0]
     logits = state.apply_fn({"params": state.params}, batch["image"])
     # The step donates what put_state gives, which may share the state's buffers.
-    _, metrics = parallel.train_step(parallel.put_state(initial_state()), parallel.put_batch(batch))
+    _, metrics = parallel.train_step(parallel.put_state(tiny_state()), parallel.put_batch(batch))
     np.testing.assert_allclose(
         float(metrics["loss"]), float(cross_entropy(logits, batch["label"], label_smoothing=0.2)), rtol=1e-5
     )
-    sums = parallel.eval_step(parallel.put_state(state), parallel.put_batch({**batch, "mask": np.ones(GLOBAL_BATCH, np.float32)}))
+    sums = parallel.eval_step(
+        parallel.put_state(state), parallel.put_batch({**batch, "mask": np.ones(GLOBAL_BATCH, np.float32)})
+    )
     np.testing.assert_allclose(
         float(sums["loss_sum"]) / GLOBAL_BATCH, float(cross_entropy(logits, batch["label"])), rtol=1e-5
-    )
-
-
-def test_a_batch_that_does_not_split_into_micro_batches_is_a_user_error():
-    check_batch_size(32, 8, 4)
-    with pytest.raises(UserError) as error:
-        check_batch_size(24, 8, 2)
-    assert str(error.value) == (
-        "config.batch_size=24 does not split into 8 devices x 2 micro-batches "
-        "(config.grad_accum_steps); set it to a multiple of 16"
     )

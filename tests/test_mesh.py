@@ -1,53 +1,28 @@
-"""FSDP (config.shard_params): each of 8 devices holds 1/8 of the large arrays, and training is unchanged."""
+"""FSDP in the jit form (config.shard_params): each of 8 devices holds 1/8 of the large arrays, training unchanged."""
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from jax.sharding import PartitionSpec
+from tiny_training import STEPS, global_batches, tiny_state
 
-import fmjax
 from fmjax.core.losses import cross_entropy
-from fmjax.core.models import SeedCNN
-from fmjax.errors import UserError
-from fmjax.parallel.modes import (
-    DATA_AXIS,
-    abstract_state,
-    fsdp_partition_spec,
-    make_data_parallel,
-)
+from fmjax.parallel.data_parallel import make_data_parallel
+from fmjax.parallel.interface import DATA_AXIS
+from fmjax.parallel.mesh import abstract_state, fsdp_partition_spec
 from fmjax.run import checkpoint as ckpt
 
-GLOBAL_BATCH = 16
-STEPS = 4
 # fc1's kernel is [4*4*4, 16] = 1024 elements; conv1's (300) and fc2's (64) are smaller.
 MIN_SIZE = 1000
 FC1_KERNEL = (64, 16)
-
-
-def state_fn():
-    model = SeedCNN(num_classes=4, features=4, hidden=16)
-    return fmjax.create_train_state(jax.random.key(0), model, optax.adam(1e-2), jnp.zeros((1, 8, 8, 3)))
-
-
-def global_batches():
-    rng = np.random.default_rng(0)
-    return [
-        {
-            "image": rng.random((GLOBAL_BATCH, 8, 8, 3), dtype=np.float32),
-            "label": rng.integers(0, 4, GLOBAL_BATCH).astype(np.int32),
-        }
-        for _ in range(STEPS)
-    ]
 
 
 def train(shard_params):
     parallel = make_data_parallel(
         "jit", cross_entropy, shard_params=shard_params, shard_params_min_size=MIN_SIZE
     )
-    device_state = parallel.put_state(state_fn())
+    device_state = parallel.put_state(tiny_state())
     losses, sums = [], None
     for batch in global_batches():
         device_state, metrics = parallel.train_step(device_state, parallel.put_batch(batch))
@@ -103,7 +78,7 @@ def test_a_sharded_state_saves_and_restores_into_its_shards(sharded_run, tmp_pat
     manager = ckpt.checkpoint_manager(str(tmp_path))
     ckpt.save_checkpoint(manager, parallel.get_state(device_state), {"epoch": 1, "next_batch": 0})
     manager.wait_until_finished()
-    target = abstract_state(state_fn, parallel.state_sharding)
+    target = abstract_state(tiny_state, parallel.state_sharding)
     assert target.params["fc1"]["kernel"].sharding.spec == PartitionSpec(None, DATA_AXIS)
     restored, _ = ckpt.restore_checkpoint(manager, STEPS, target)
     assert shard_shapes(restored.params["fc1"]["kernel"]) == [(64, 2)] * 8
@@ -123,8 +98,3 @@ def test_a_sharded_state_saves_and_restores_into_its_shards(sharded_run, tmp_pat
 )
 def test_fsdp_splits_the_last_dimension_that_divides(shape, min_size, spec):
     assert fsdp_partition_spec(shape, 8, min_size) == spec
-
-
-def test_shard_params_with_pmap_is_a_user_error():
-    with pytest.raises(UserError, match=r"config.shard_params needs config.parallel='jit'"):
-        make_data_parallel("pmap", cross_entropy, shard_params=True)
