@@ -68,8 +68,8 @@ def one_error_line(capsys):
 def snapshot(folder):
     """Every entry under `folder`: relative path -> (kind, size, mtime_ns, link target)."""
     entries = {}
-    for directory, subdirectories, files in os.walk(folder):
-        for name in subdirectories + files:
+    for directory, subdirectories, file_names in os.walk(folder):
+        for name in subdirectories + file_names:
             path = os.path.join(directory, name)
             info = os.lstat(path)
             target = os.readlink(path) if os.path.islink(path) else None
