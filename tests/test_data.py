@@ -20,7 +20,8 @@ from sklearn.model_selection import train_test_split
 
 from fmjax.config import base_config
 from fmjax.data import Dataset, load_dataset
-from fmjax.data.pipeline import Split, array_split, shuffled_train_indices
+from fmjax.data.batches import shuffled_train_indices
+from fmjax.data.split import Split, array_split
 from fmjax.errors import UserError
 
 IMAGE_SIZE = 8

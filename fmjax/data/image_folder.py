@@ -36,7 +36,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from fmjax.data.pipeline import Split, resize_image
+from fmjax.data.resize import resize_image
+from fmjax.data.split import Split
 from fmjax.data.tensorflow_import import import_tensorflow
 from fmjax.errors import UserError
 

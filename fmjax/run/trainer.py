@@ -31,7 +31,7 @@ from fmjax.core.models import create_model
 from fmjax.core.optim import create_learning_rate_schedule, create_optimizer
 from fmjax.core.state import create_train_state
 from fmjax.data import Dataset, cache_placement, load_dataset
-from fmjax.data.pipeline import in_memory, split_pixels
+from fmjax.data.split import in_memory, split_pixels
 from fmjax.parallel.modes import DataParallel, abstract_state, parallel_from_config
 from fmjax.run import checkpoint as ckpt
 from fmjax.run import identity as run_identity
