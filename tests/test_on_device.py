@@ -10,7 +10,7 @@ from PIL import Image
 import fmjax
 from fmjax.config import base_config
 from fmjax.data import cache_placement, load_dataset
-from fmjax.data.pipeline import split_pixels
+from fmjax.data.split import split_pixels
 from fmjax.errors import UserError
 from fmjax.parallel.data_parallel import make_data_parallel
 from fmjax.run import trainer

@@ -4,9 +4,10 @@ from typing import Callable
 
 import ml_collections
 
+from fmjax.data.dataset import Dataset
 from fmjax.data.digits import digits_splits
 from fmjax.data.image_folder import image_folder_splits
-from fmjax.data.pipeline import Augmentation, Dataset
+from fmjax.data.preprocess import Augmentation
 from fmjax.data.tfds import tfds_splits
 from fmjax.errors import UserError
 

@@ -6,7 +6,7 @@ it is the data set for quick runs and tests.
 
 import numpy as np
 
-from fmjax.data.pipeline import Split, array_split
+from fmjax.data.split import Split, array_split
 from fmjax.errors import UserError
 
 # load_digits counts ink in each 8x8 cell from 0 to 16.

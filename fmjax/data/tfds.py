@@ -12,7 +12,7 @@ fmjax never downloads: a data set has to be prepared beforehand.
 
 import numpy as np
 
-from fmjax.data.pipeline import Split, array_split
+from fmjax.data.split import Split, array_split
 from fmjax.data.tensorflow_import import import_tensorflow
 from fmjax.errors import UserError
 

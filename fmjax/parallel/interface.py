@@ -30,7 +30,7 @@ DATA_AXIS = "data"
 class DataParallel:
     """Compiled steps and data movement for one parallel mode.
 
-    Batches come as pixels (see fmjax.data.pipeline): {"image", "label",
+    Batches come as pixels (see fmjax.data.dataset): {"image", "label",
     "index"} and, for evaluation, "mask"; the steps prepare them (scaling,
     augmentation, normalisation) inside the compiled program.
 

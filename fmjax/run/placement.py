@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from fmjax.data import Dataset
-from fmjax.data.pipeline import in_memory, split_pixels
+from fmjax.data.split import in_memory, split_pixels
 from fmjax.parallel.interface import DataParallel
 
 # Steps dispatched ahead of the one the host waits for, when batches come from

@@ -5,7 +5,7 @@ Both take a batch of any size of images at the run's size, as uint8 pixels
 probability; the preprocessing inside is the training step's (scaling,
 normalisation). Images of another size are refused by the signature: the
 training pipeline resizes with PIL before the step, which a graph cannot do
-exactly, so callers resize as fmjax.data.pipeline.resize_image does.
+exactly, so callers resize as fmjax.data.resize.resize_image does.
 
 - saved_model/: for TF Serving or `tf.saved_model.load`, through jax2tf.
   Signatures "serving_default" (uint8) and "serving_float" (float32), each

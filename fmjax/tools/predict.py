@@ -3,21 +3,21 @@
 A run directory holds everything prediction needs: config.json (the model
 and the pixel normalisation) and the checkpoint (the params, the class names
 and the image size), so no data set is read. The images go through fmjax's
-own data path (fmjax.data.pipeline.Dataset) as a one-split data set, so they
-are decoded, resized and normalised exactly as the training images were.
+own data path (fmjax.data.image_files, fmjax.data.preprocess), so they are
+decoded, resized and normalised exactly as the training images were.
 """
 
 import dataclasses
-import errno
-import os
-import stat
+import functools
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import jax
 import numpy as np
 
-from fmjax.data.image_folder import IMAGE_EXTENSIONS, image_files_split
-from fmjax.data.pipeline import Dataset
+from fmjax.data.batches import padded_batches
+from fmjax.data.folder_walk import UNREADABLE, path_kind, walk_image_files
+from fmjax.data.image_files import IMAGE_EXTENSIONS, image_files_split
+from fmjax.data.preprocess import preprocess_images
 from fmjax.errors import UserError
 from fmjax.run.trained import load_trained
 
@@ -65,70 +65,26 @@ def find_image_paths(inputs: Sequence[str], warn: Callable[[str], None] = lambda
     return paths
 
 
-_SPECIAL_KINDS = {
-    stat.S_IFIFO: "a FIFO",
-    stat.S_IFSOCK: "a socket",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-}
-
-
 def _kind(path: str) -> str:
-    """"file", "folder", "missing" or what else `path` is, following links."""
+    """"file", "folder", "missing" or what else `path` is, following links (see path_kind)."""
     try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return "a broken symbolic link" if os.path.islink(path) else "missing"
+        return path_kind(path)
     except OSError as error:
-        if error.errno == errno.ELOOP:
-            return "a symbolic link loop"
         raise UserError(f"cannot read {path} ({error.strerror}); fix its permissions") from None
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "folder"
-    return _SPECIAL_KINDS.get(stat.S_IFMT(mode), "not a regular file")
 
 
 def _images_under(folder: str, warn: Callable[[str], None]) -> list[str]:
-    """Image files under `folder`, each real file once; folders walked once each by identity."""
-    paths, seen_files, loops, special = [], set(), [], []
-    seen_folders = set()
-
-    def walk(directory: str) -> None:
-        info = os.stat(directory)
-        identity = (info.st_dev, info.st_ino)
-        if identity in seen_folders:
-            loops.append(directory)
-            return
-        seen_folders.add(identity)
-        try:
-            entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
-        except OSError as error:
-            warn(f"warning: cannot list {directory} ({error.strerror}); left out")
-            return
-        subfolders = []
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            kind = _kind(entry.path)
-            if kind == "folder":
-                subfolders.append(entry.path)
-            elif not entry.name.lower().endswith(IMAGE_EXTENSIONS):
-                continue
-            elif kind == "file":
-                file_info = os.stat(entry.path)
-                file_identity = (file_info.st_dev, file_info.st_ino)
-                if file_identity not in seen_files:
-                    seen_files.add(file_identity)
-                    paths.append(entry.path)
-            elif kind != "missing":
-                special.append(f"{entry.path} ({kind})")
-        # Files of a folder first, then its sub-folders, as os.walk lists them.
-        for subfolder in subfolders:
-            walk(subfolder)
-
-    walk(folder)
+    """Image files under `folder`, each real file once; each real folder walked once."""
+    walk = walk_image_files(folder)
+    for directory, reason in walk.unlisted:
+        warn(f"warning: cannot list {directory} ({reason}); left out")
+    for entry in walk.named_like_images:
+        if entry.kind == UNREADABLE:
+            raise UserError(f"cannot read {entry.path} ({entry.reason}); fix its permissions")
+    loops = walk.repeated_folders
+    special = [
+        f"{entry.path} ({entry.kind})" for entry in walk.named_like_images if entry.kind not in ("file", "missing")
+    ]
     if loops:
         warn(
             f"warning: {len(loops)} link(s) under {folder} lead back to a folder already walked, "
@@ -139,7 +95,7 @@ def _images_under(folder: str, warn: Callable[[str], None]) -> list[str]:
             f"warning: left out {len(special)} file(s) under {folder} that are not regular files: "
             f"{', '.join(special[:3])}{', ...' * (len(special) > 3)}"
         )
-    return paths
+    return walk.image_files
 
 
 def top_k_predictions(
@@ -196,20 +152,12 @@ class Predictor:
         order of `paths`; the last batch is padded, with mask 0 on the padding.
         """
         split = image_files_split(paths, self.image_size)
-        images = Dataset(
-            name="images to classify",
-            class_names=self.class_names,
-            image_shape=(self.image_size, self.image_size, 3),
-            seed=0,
-            train_split=split,
-            test_split=split,
-            pixel_mean=self.pixel_mean,
-            pixel_std=self.pixel_std,
+        preprocess = jax.jit(
+            functools.partial(preprocess_images, pixel_mean=self.pixel_mean, pixel_std=self.pixel_std)
         )
-        prepare = jax.jit(images.prepare)
         # No larger than the input, so a few images cost a small forward pass.
-        for batch in images.test_batches(min(self.batch_size, len(paths))):
-            yield jax.device_get(prepare(batch))
+        for batch in padded_batches(split, min(self.batch_size, len(paths))):
+            yield {"image": jax.device_get(preprocess(batch["image"])), "mask": batch["mask"]}
 
     def probabilities(self, paths: Sequence[str]) -> np.ndarray:
         """float32 [len(paths), num_classes]: each image's class probabilities."""

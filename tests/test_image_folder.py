@@ -1,4 +1,4 @@
-"""Image folders as they come: junk files, odd formats, damaged images, empty classes.
+"""Image folders: the layout and class order, and folders as they come (junk files, odd formats, damaged images, empty classes).
 
 Hidden and non-image files are left out and counted; upper-case extensions
 count as images; CMYK JPEGs and 16-bit PNGs decode to exact RGB values in
@@ -26,11 +26,18 @@ RGB8 = RNG.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
 GREY16 = RNG.integers(0, 65536, (SIZE, SIZE), dtype=np.uint16)
 RGB16 = RNG.integers(0, 65536, (SIZE, SIZE, 3), dtype=np.uint16)
 CMYK = (100, 50, 200, 60)  # ink amounts, as PIL counts them
+FOLDER_SIZE = 8  # the run's size for the folder of solid colours below, whose images are larger
 
 
-def config(root, on_bad_image):
+def assert_one_line_naming(error: pytest.ExceptionInfo, thing) -> None:
+    message = str(error.value)
+    assert str(thing) in message
+    assert "\n" not in message
+
+
+def config(root, on_bad_image, image_size=SIZE):
     config = base_config()
-    config.image_size = SIZE
+    config.image_size = image_size
     config.data.source = "image_folder"
     config.data.root = str(root)
     config.data.on_bad_image = on_bad_image
@@ -39,7 +46,8 @@ def config(root, on_bad_image):
 
 def truncated_jpeg() -> bytes:
     encoded = io.BytesIO()
-    Image.fromarray(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(encoded, "JPEG")
+    noise = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(encoded, "JPEG")
     return encoded.getvalue()[: len(encoded.getvalue()) // 2]  # header intact, body cut
 
 
@@ -211,3 +219,121 @@ def test_a_sixteen_bit_tiff_keeps_its_range(tmp_path):
     assert dataset.test_split.pixel_dtype == np.float32
     (batch,) = dataset.test_batches(1)
     np.testing.assert_array_equal(batch["image"][0], np.repeat(GREY16[..., None] / np.float32(65535), 3, axis=-1))
+
+
+# ---------------------------------------------------------------- a folder of solid colours
+
+
+def save_image(path, pixels: np.ndarray, image_format: str, mode: str | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(pixels)
+    image = image.convert(mode) if mode else image
+    image.save(path, image_format)
+
+
+def solid(colour, size=12) -> np.ndarray:
+    return np.full((size, size, len(colour)), colour, np.uint8)
+
+
+@pytest.fixture
+def image_root(tmp_path):
+    """A tiny folder with one image of each supported kind, and some noise."""
+    root = tmp_path / "pets"
+    train, test = root / "train", root / "test"
+    save_image(train / "dog" / "grey.png", np.full((10, 14), 51, np.uint8), "PNG")
+    save_image(train / "dog" / "rgba.png", solid((255, 0, 0, 128)), "PNG")
+    save_image(train / "cat" / "animated.gif", solid((0, 0, 255)), "GIF", mode="P")
+    save_image(train / "cat" / "photo.BMP", solid((0, 255, 0)), "BMP")
+    save_image(train / "bird" / "nested" / "photo.JPG", solid((255, 255, 255), 20), "JPEG")
+    (train / "bird" / ".DS_Store").write_bytes(b"\x00\x01 not an image")
+    (train / "bird" / "notes.txt").write_text("not an image either")
+    (train / ".hidden_class").mkdir()
+    save_image(test / "dog" / "a.png", solid((0, 0, 0)), "PNG")
+    save_image(test / "cat" / "b.jpeg", solid((255, 255, 255)), "JPEG")
+    return root
+
+
+def test_image_folder_classes_sorted_and_images_rgb_in_unit_range(image_root):
+    dataset = load_dataset(config(image_root, "error", image_size=FOLDER_SIZE))
+    assert dataset.class_names == ["bird", "cat", "dog"]
+    assert (dataset.num_train, dataset.num_test) == (5, 2)
+    batch = prepared(dataset, next(dataset.test_batches(2)))
+    assert batch["image"].shape == (2, FOLDER_SIZE, FOLDER_SIZE, 3)
+    np.testing.assert_array_equal(batch["label"], [1, 2])  # cat/b.jpeg, dog/a.png
+    np.testing.assert_allclose(batch["image"][0], 1.0, atol=2 / 255)
+    np.testing.assert_allclose(batch["image"][1], 0.0)
+
+    (batch,) = dataset.train_batches(0, 5)
+    batch = prepared(dataset, batch)
+    assert batch["image"].shape == (5, FOLDER_SIZE, FOLDER_SIZE, 3)
+    # Every image is one solid colour; collect them per class.
+    colours = {label: [] for label in range(3)}
+    for image, label in zip(batch["image"], batch["label"]):
+        np.testing.assert_allclose(image, np.broadcast_to(image[0, 0], image.shape), atol=1e-6)
+        colours[int(label)].append(tuple(np.round(image[0, 0], 2)))
+    assert colours[0] == [(1.0, 1.0, 1.0)]  # bird: the nested upper-case .JPG
+    assert sorted(colours[1]) == [(0.0, 0.0, 1.0), (0.0, 1.0, 0.0)]  # cat: GIF blue, BMP green
+    assert sorted(colours[2]) == [(0.2, 0.2, 0.2), (1.0, 0.0, 0.0)]  # dog: grey, RGBA red
+
+
+def test_image_folder_missing_folders(tmp_path, image_root):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(UserError) as error:
+        load_dataset(config(missing, "error", image_size=FOLDER_SIZE))
+    assert_one_line_naming(error, missing)
+
+    for split in ("test", "train"):
+        (image_root / split).rename(tmp_path / f"moved_{split}")
+        with pytest.raises(UserError) as error:
+            load_dataset(config(image_root, "error", image_size=FOLDER_SIZE))
+        assert_one_line_naming(error, image_root / split)
+        (tmp_path / f"moved_{split}").rename(image_root / split)
+
+
+def test_image_folder_split_without_images(tmp_path):
+    root = tmp_path / "data"
+    save_image(root / "train" / "a" / "x.png", solid((1, 2, 3)), "PNG")
+    (root / "test" / "a").mkdir(parents=True)
+    (root / "test" / "a" / "readme.txt").write_text("no images here")
+    with pytest.raises(UserError) as error:
+        load_dataset(config(root, "error", image_size=FOLDER_SIZE))
+    assert_one_line_naming(error, root / "test")
+
+
+def test_image_folder_test_class_unknown_to_train(image_root):
+    save_image(image_root / "test" / "fish" / "c.png", solid((9, 9, 9)), "PNG")
+    with pytest.raises(UserError) as error:
+        load_dataset(config(image_root, "error", image_size=FOLDER_SIZE))
+    assert_one_line_naming(error, image_root / "test" / "fish")
+
+
+def test_image_folder_garbage_png_is_caught_when_listed(image_root):
+    garbage = image_root / "train" / "cat" / "broken.png"
+    garbage.write_bytes(b"this is not a png at all" * 10)
+    with pytest.raises(UserError) as error:
+        load_dataset(config(image_root, "error", image_size=FOLDER_SIZE))
+    assert_one_line_naming(error, garbage)
+
+
+def test_image_folder_colour_palette_bmp_decodes_to_its_colours(image_root):
+    palette_bmp = image_root / "train" / "cat" / "palette.bmp"
+    left_red_right_blue = np.repeat([[0] * 8 + [1] * 8], 8, axis=0).astype(np.uint8)
+    image = Image.fromarray(left_red_right_blue, "P")
+    image.putpalette([200, 10, 10, 10, 10, 200] + [0] * 762)
+    image.save(palette_bmp, "BMP")
+    dataset = load_dataset(config(image_root, "error", image_size=FOLDER_SIZE))
+    # cat/ in name order: animated.gif, palette.bmp, photo.BMP.
+    position = [i for i, label in enumerate(dataset.train_split.labels) if label == 1][1]
+    pixels = dataset.train_split.load(np.array([position]))[0]
+    # Resized from 8x16 to 8x8: the left half red, the right half blue.
+    np.testing.assert_array_equal(pixels[:, :3], np.broadcast_to([200, 10, 10], (8, 3, 3)))
+    np.testing.assert_array_equal(pixels[:, 5:], np.broadcast_to([10, 10, 200], (8, 3, 3)))
+
+
+def test_image_folder_truncated_jpeg_is_named_when_decoded(image_root):
+    truncated = image_root / "test" / "dog" / "truncated.jpg"
+    truncated.write_bytes(truncated_jpeg())  # its header is intact, so only decoding finds the damage
+    dataset = load_dataset(config(image_root, "error", image_size=FOLDER_SIZE))
+    with pytest.raises(UserError) as error:
+        list(dataset.test_batches(1))
+    assert_one_line_naming(error, truncated)
