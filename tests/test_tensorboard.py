@@ -7,7 +7,7 @@ import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fmjax.config import base_config
-from fmjax.run.tensorboard import EVENTS_SUBDIR
+from fmjax.run.rundir import EVENTS_SUBDIR
 from fmjax.run.trainer import train_and_evaluate
 
 

@@ -17,9 +17,11 @@ class TrainState:
       step: int32 scalar, the number of updates applied so far.
       params: the model's parameters.
       opt_state: the optax state of `tx`.
-      rng: the run's base PRNG key; a step draws its randomness from
-        `jax.random.fold_in(rng, step)`, so the key needs no update and a
-        resumed run draws the same numbers.
+      rng: a PRNG key for a model's own randomness (dropout, say), to be
+        drawn as `jax.random.fold_in(rng, step)` so a resumed run draws the
+        same numbers. No shipped model and no step reads it: augmentation is
+        drawn from (config.seed, epoch, example index) in fmjax.data.preprocess,
+        so a batch's augmentation does not depend on how batches are split.
       batch_stats: the model's running statistics (BatchNorm), {} if none.
       apply_fn: the model's `apply` (static: not a pytree leaf).
       tx: the optax transformation (static).

@@ -4,13 +4,12 @@ import time
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.timing import time_interleaved
-from fmjax import create_optimizer, create_train_state
+from fmjax import build
 from fmjax.config import base_config
-from fmjax.core import losses, models
+from fmjax.core import losses
 from fmjax.errors import UserError
 from fmjax.parallel.data_parallel import PARALLEL_MODES, make_data_parallel
 
@@ -30,13 +29,7 @@ def seed_state(image_size: int, hidden: int, num_classes: int):
     """The seed's model and Adam(lr=1e-3) as fmjax's base config builds them."""
     config = base_config()
     config.model.hidden = hidden
-    model = models.create_model(config.model, num_classes)
-    return create_train_state(
-        jax.random.key(config.seed),
-        model,
-        create_optimizer(config),
-        jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32),
-    )
+    return build(config, num_classes, (image_size, image_size, 3)).init_state()
 
 
 def fmjax_step(
