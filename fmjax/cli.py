@@ -234,6 +234,9 @@ def run(main: Callable[[Sequence[str]], int], argv: Optional[Sequence[str]] = No
     verbose = "--verbose" in argv
     if not verbose:
         _quiet_library_logs()
+    from fmjax.tools.tpu_slices import use_cpu_without_tpu
+
+    use_cpu_without_tpu()
     try:
         return main(argv)
     except HelpShown:
@@ -295,6 +298,17 @@ def _define_train_flags(flag_values: flags.FlagValues) -> None:
         "Plan the run (parameters, memory, flops, whether it fits) without reading data or training.",
         flag_values=flag_values,
     )
+    flags.DEFINE_string(
+        "tpu", None,
+        "With --dry_run: compile for this Cloud TPU slice (gcloud's --accelerator-type, e.g. v5litepod-4) "
+        "with libtpu, on any machine, and say whether it fits.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "tpu_candidates", 4,
+        "With --tpu, when the slice does not fit: how many other slices and FSDP settings to compile.",
+        flag_values=flag_values,
+    )
     flags.DEFINE_bool(
         "allow_config_change",
         False,
@@ -312,6 +326,13 @@ def train_main(argv: Sequence[str]) -> int:
     from fmjax.config_checks import check_config
 
     check_config(config)  # before any process joins, reads data or writes
+    if flag_values.tpu is not None:
+        if not flag_values.dry_run:
+            raise UserError("--tpu plans a run for a TPU slice; add --dry_run (on the TPU VM, train without --tpu)")
+        from fmjax.tools.tpu_plan import tpu_dry_run
+
+        tpu_dry_run(config, flag_values.tpu, argv, flag_values.tpu_candidates, print)
+        return EXIT_OK
     join_process_group(flag_values)
     if flag_values.dry_run:
         from fmjax.dry_run import format_plan, plan_run
