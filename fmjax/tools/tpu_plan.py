@@ -73,7 +73,9 @@ class TpuPlan:
 def plan_on_slice(config: ml_collections.ConfigDict, slice_: Slice, shard_params: bool) -> TpuPlan:
     """Compiles `config`'s train and eval steps for `slice_`; XLA's out-of-memory refusal is a plan that does not fit."""
     # Keyed by the config's text: a suggestion planned again in one process is not compiled twice.
-    key = (config.to_json_best_effort(sort_keys=True), slice_, shard_params)
+    keyed = config.copy_and_resolve_references()
+    keyed.shard_params = shard_params
+    key = (keyed.to_json_best_effort(sort_keys=True), slice_)
     if key not in _PLANS:
         _PLANS[key] = _compile_plan(config, slice_, shard_params)
     return _PLANS[key]

@@ -167,14 +167,22 @@ def topology_devices(slice_: Slice) -> tuple:
     from jax.experimental import topologies
 
     megacore = slice_.generation in ("v4", "v5p")
-    with quiet_stderr():
-        return tuple(
-            topologies.get_topology_desc(
+    # Compiling touches no chip, so another libtpu process (a training run,
+    # a second plan) need not hold its lock file against this one.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    try:
+        with quiet_stderr():
+            topology = topologies.get_topology_desc(
                 topology_name=slice_.topology,
                 platform="tpu",
                 chip_config_name="megacore" if megacore else "default",
                 chips_per_host_bounds=slice_.chips_per_host,
                 num_slices=1,
                 wrap=(False, False, False),
-            ).devices
-        )
+            )
+    except Exception as e:  # noqa: BLE001 - libtpu's errors have no common public type
+        raise UserError(
+            f"libtpu could not set up {slice_.topology}: {' '.join(str(e).split())[:300]}; "
+            f"check that libtpu matches jax ({INSTALL_HINT})"
+        ) from e
+    return tuple(topology.devices)
