@@ -249,6 +249,6 @@ def tpu_dry_run(
             )
             return
     raise UserError(
-        f"nothing tried fits ({'; '.join(tried) or 'no candidate splits the batch'}); lower config.batch_size "
+        f"nothing tried fits ({'; '.join(tried) or 'no other slice compiled'}); lower config.batch_size "
         "or config.image_size, set config.model.dtype=bfloat16, or try more with --tpu_candidates"
     )
