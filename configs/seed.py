@@ -10,21 +10,21 @@
 # = 1.55e9 weights, 6.2 GB in float32, 24.8 GB with its gradient and Adam's two
 # moments, while a batch of 32 adds about 0.4 GB of activations.
 #
-# Devices. Per device, as XLA's memory analysis of the compiled train step puts
-# it (batch 32, float32, compiled for CPU devices; other backends schedule
-# their buffers differently, so keep a margin):
-# - Data parallel with jit (the default parallel mode): every device holds the
-#   whole state, 25.9 GB (1.03x the state, gradients and activations). That
-#   needs a device of 32 GB or more: an A100 or H100 (80 GB), or a TPU v4
-#   chip (32 GiB). A TPU v3 core or v5e chip (16 GiB) cannot hold it. With
-#   --config.parallel=pmap XLA keeps three more copies of fc1: 43.4 GB.
-# - FSDP, adding --config.parallel=jit --config.shard_params=True: fc1 and its
-#   Adam moments are split by output feature, about 14 GB per device on 2
-#   devices, 7 GB on 4 and 3.5 GB on 8. So 16 GiB devices train it: 4 or more
-#   (a v3-8 slice's 8 cores, a v5e-8's 8 chips), 2 only tightly. Use a device
-#   count that divides fc1's 1000 outputs (2, 4, 5, 8, 10, 20, 25, 40, ...): on
-#   16, fc1 is split by input instead and XLA gathers it whole on every device
-#   (about 14 GB each again).
+# TPU slices. Per chip, as XLA for TPU compiles the train step (batch 32,
+# float32, jit) with libtpu on a CPU machine: `train.py --dry_run --tpu SLICE`
+# (pip install -e '.[tpu]'); not run on a TPU. Peak = arguments + outputs +
+# temporaries - donated; time and images/s are a roofline from the chip's
+# published FLOP/s and HBM bandwidth (the step is bound by HBM traffic).
+#
+#   slice        chips  HBM/chip   replicated (default)        FSDP (shard_params=True)
+#   v4-8           4    32 GiB     24.78 GB, 69.2 ms,  462/s    5.51 GB, 13.8 ms, 2,328/s
+#   v5litepod-4    4    16 GiB     no: XLA needs 23.08G temps   5.71 GB, 19.8 ms, 1,613/s
+#   v5litepod-8    8    16 GiB     no: XLA needs 23.08G temps   3.04 GB, 10.7 ms, 2,997/s
+#   v5p-8          4    95 GiB     24.94 GB, 27.5 ms, 1,162/s   5.56 GB,  5.6 ms, 5,747/s
+#   v6e-4          4    32 GiB     24.84 GB, 50.7 ms,  632/s    5.56 GB,  9.9 ms, 3,238/s
+#
+# So on v5e (16 GiB) the seed needs FSDP; with it every slice above trains the
+# seed with room to spare. Use a chip count that divides fc1's 1000 outputs.
 #
 #   python train.py --config configs/seed.py --config.data.root=/path/to/images \
 #       --config.parallel=jit --config.shard_params=True

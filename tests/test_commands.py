@@ -30,7 +30,7 @@ DISTRIBUTED = ["distributed", "coordinator_address", "num_processes", "process_i
 @pytest.mark.parametrize(
     "command, flags",
     [
-        ("fmjax-train", ["config", "workdir", "verbose", "dry_run", "allow_config_change", *DISTRIBUTED]),
+        ("fmjax-train", ["config", "workdir", "verbose", "dry_run", "tpu", "tpu_candidates", "allow_config_change", *DISTRIBUTED]),
         ("fmjax-evaluate", ["config", "workdir", "verbose", "step", *DISTRIBUTED]),
         ("fmjax-predict", ["workdir", "verbose", "step", "top_k", "batch_size", "json"]),
         ("fmjax-export", ["workdir", "verbose", "out", "step"]),

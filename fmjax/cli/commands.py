@@ -24,6 +24,17 @@ def _train_flags(flag_values: flags.FlagValues) -> None:
         "Plan the run (parameters, memory, flops, whether it fits) without reading data or training.",
         flag_values=flag_values,
     )
+    flags.DEFINE_string(
+        "tpu", None,
+        "With --dry_run: compile for this Cloud TPU slice (gcloud's --accelerator-type, e.g. v5litepod-4) "
+        "with libtpu, on any machine, and say whether it fits.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "tpu_candidates", 4,
+        "With --tpu, when the slice does not fit: how many other slices and FSDP settings to compile.",
+        flag_values=flag_values,
+    )
     flags.DEFINE_bool(
         "allow_config_change",
         False,
@@ -39,6 +50,13 @@ def train_main(argv: Sequence[str]) -> int:
     from fmjax.run.config_checks import check_config
 
     check_config(args.config)  # before any process joins, reads data or writes
+    if args.flags.tpu is not None:
+        if not args.flags.dry_run:
+            raise UserError("--tpu plans a run for a TPU slice; add --dry_run (on the TPU VM, train without --tpu)")
+        from fmjax.tools.tpu_plan import tpu_dry_run
+
+        tpu_dry_run(args.config, args.flags.tpu, argv, args.flags.tpu_candidates, print)
+        return EXIT_OK
     join_process_group(args.flags)
     if args.flags.dry_run:
         from fmjax.tools.dry_run import format_plan, plan_run

@@ -53,6 +53,9 @@ def run(main: Callable[[Sequence[str]], int], argv: Optional[Sequence[str]] = No
     verbose = "--verbose" in argv
     if not verbose:
         _quiet_library_logs()
+    from fmjax.tools.tpu_slices import use_cpu_without_tpu
+
+    use_cpu_without_tpu()
     try:
         return main(argv)
     except HelpShown:

@@ -1,5 +1,6 @@
 """The input pipeline: a Dataset from a config, batches from a Dataset."""
 
+import functools
 from typing import Callable
 
 import ml_collections
@@ -7,7 +8,7 @@ import ml_collections
 from fmjax.data.dataset import Dataset
 from fmjax.data.digits import digits_splits
 from fmjax.data.image_folder import image_folder_splits
-from fmjax.data.preprocess import Augmentation
+from fmjax.data.preprocess import Augmentation, prepare_batch
 from fmjax.data.tfds import tfds_splits
 from fmjax.errors import UserError
 
@@ -124,3 +125,15 @@ def _normalization(
             "std positive; give one value per RGB channel"
         )
     return tuple(map(float, mean)), tuple(map(float, std))
+
+
+def prepare_fn(config: ml_collections.ConfigDict) -> Callable[..., dict]:
+    """The preprocessing `config` asks for, without any data: (pixel batch, epoch=None) -> the model's input.
+
+    The same function as the loaded data set's `prepare`; the dry runs compile it into the step.
+    """
+    pixel_mean, pixel_std = _normalization(config)
+    return functools.partial(
+        prepare_batch, seed=config.seed, augmentation=_augmentation(config), pixel_mean=pixel_mean, pixel_std=pixel_std
+    )
+

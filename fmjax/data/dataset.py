@@ -21,7 +21,7 @@ from fmjax.data.batches import (
     padded_test_indices,
     shuffled_train_indices,
 )
-from fmjax.data.preprocess import Augmentation, augment_images, normalized, unit_range
+from fmjax.data.preprocess import Augmentation, prepare_batch
 from fmjax.data.split import Split
 from fmjax.errors import UserError
 
@@ -148,27 +148,15 @@ class Dataset:
         )
 
     def prepare(self, batch: dict, epoch: Optional[jnp.ndarray] = None) -> dict:
-        """The model's input from a batch of pixels: a pure function, run inside the compiled step.
-
-        Scales pixels to [0, 1], augments training images (when `epoch` is
-        given) from (seed, epoch, example index), then normalises; without
-        `epoch` this is preprocess_images.
-
-        Args:
-          batch: {"image": pixels [B, H, W, 3], "index": int [B], ...}; the
-            index is needed only to augment.
-          epoch: the training epoch; None for evaluation (no augmentation).
-
-        Returns:
-          `batch` with "image" float32 [B, H, W, 3] and without "index".
-        """
-        batch = dict(batch)
-        indices = batch.pop("index", None)
-        images = unit_range(batch["image"])
-        if epoch is not None:
-            images = augment_images(images, self.augmentation, self.seed, epoch, indices)
-        batch["image"] = normalized(images, self.pixel_mean, self.pixel_std)
-        return batch
+        """The model's input from a batch of pixels, as this data set's config says (see prepare_batch)."""
+        return prepare_batch(
+            batch,
+            epoch,
+            seed=self.seed,
+            augmentation=self.augmentation,
+            pixel_mean=self.pixel_mean,
+            pixel_std=self.pixel_std,
+        )
 
     def _check_train_batch_size(self, global_batch_size: int) -> None:
         check_batch_size(global_batch_size)

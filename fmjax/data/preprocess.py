@@ -104,3 +104,38 @@ def _augment_one(image: jnp.ndarray, key: jax.Array, augmentation: Augmentation)
     if augmentation.horizontal_flip:
         image = jnp.where(jax.random.bernoulli(flip_key), image[:, ::-1], image)
     return image
+
+
+def prepare_batch(
+    batch: dict,
+    epoch: Optional[jnp.ndarray] = None,
+    *,
+    seed: int,
+    augmentation: Augmentation,
+    pixel_mean: Optional[tuple[float, float, float]],
+    pixel_std: Optional[tuple[float, float, float]],
+) -> dict:
+    """The model's input from a batch of pixels: a pure function, run inside the compiled step.
+
+    Scales pixels to [0, 1], augments training images (when `epoch` is
+    given) from (seed, epoch, example index), then normalises; without
+    `epoch` this is preprocess_images.
+
+    Args:
+      batch: {"image": pixels [B, H, W, 3], "index": int [B], ...}; the
+        index is needed only to augment.
+      epoch: the training epoch; None for evaluation (no augmentation).
+      seed, augmentation: what decides and what is done to training images.
+      pixel_mean, pixel_std: the per-channel normalisation, or None.
+
+    Returns:
+      `batch` with "image" float32 [B, H, W, 3] and without "index".
+    """
+    batch = dict(batch)
+    indices = batch.pop("index", None)
+    images = unit_range(batch["image"])
+    if epoch is not None:
+        images = augment_images(images, augmentation, seed, epoch, indices)
+    batch["image"] = normalized(images, pixel_mean, pixel_std)
+    return batch
+

@@ -9,8 +9,9 @@
 Both give a `DataParallel` (fmjax.parallel.interface).
 """
 
-from typing import Optional
+from typing import Optional, Sequence
 
+import jax
 import ml_collections
 
 from fmjax.core import steps
@@ -34,6 +35,7 @@ def make_data_parallel(
     grad_accum_steps: int = 1,
     shard_params: bool = False,
     shard_params_min_size: int = 0,
+    devices: Optional[Sequence[jax.Device]] = None,
 ) -> DataParallel:
     """Builds the data-parallel steps for `mode` ("pmap" or "jit") on every device of every process.
 
@@ -52,6 +54,8 @@ def make_data_parallel(
         optimizer state over the devices (FSDP) instead of replicating them.
       shard_params_min_size: config.shard_params_min_size; arrays with fewer
         elements stay replicated.
+      devices: "jit" only: the devices to run on (a TPU topology's, to
+        compile for a slice this machine does not have); all devices when None.
     """
     step_options = {"check_finite": check_finite, "grad_accum_steps": grad_accum_steps}
     if mode == "pmap":
@@ -63,19 +67,21 @@ def make_data_parallel(
         return pmap_data_parallel(loss_fn, eval_loss_fn or loss_fn, prepare, step_options)
     if mode == "jit":
         return mesh_data_parallel(
-            loss_fn, eval_loss_fn or loss_fn, prepare, step_options, shard_params, shard_params_min_size
+            loss_fn, eval_loss_fn or loss_fn, prepare, step_options, shard_params, shard_params_min_size, devices
         )
     raise UserError(f"config.parallel is {mode!r}; use one of {', '.join(PARALLEL_MODES)}")
 
 
 def parallel_from_config(
-    config: ml_collections.ConfigDict, prepare: Prepare = drop_index
+    config: ml_collections.ConfigDict,
+    prepare: Prepare = drop_index,
+    devices: Optional[Sequence[jax.Device]] = None,
 ) -> DataParallel:
     """The DataParallel that `config` asks for, its global batch checked against the devices.
 
     Training uses `config.loss` with `config.label_smoothing`; evaluation
     reports the plain loss, comparable across runs. `prepare` is the data
-    set's (fmjax.data.Dataset.prepare).
+    set's (fmjax.data.Dataset.prepare); `devices` as make_data_parallel's.
     """
     parallel = make_data_parallel(
         config.parallel,
@@ -86,6 +92,7 @@ def parallel_from_config(
         grad_accum_steps=config.grad_accum_steps,
         shard_params=config.shard_params,
         shard_params_min_size=config.shard_params_min_size,
+        devices=devices,
     )
     check_global_batch_size(
         config.batch_size,

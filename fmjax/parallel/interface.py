@@ -13,7 +13,7 @@ device, or FSDP-sharded.
 """
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -147,6 +147,6 @@ def with_default_epoch(step: Callable) -> Callable:
     return lambda state, batch, epoch=0: step(state, batch, epoch)
 
 
-def global_mesh() -> Mesh:
-    """A 1-D Mesh over every device of every process, along DATA_AXIS."""
-    return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+def global_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+    """A 1-D Mesh over `devices` (default: every device of every process), along DATA_AXIS."""
+    return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))

@@ -16,10 +16,8 @@ import ml_collections
 import numpy as np
 
 from fmjax.core.batch_size import per_device_batch_size
+from fmjax.core.build import build
 from fmjax.core.losses import get_loss
-from fmjax.core.models import create_model
-from fmjax.core.optim import create_optimizer
-from fmjax.core.state import create_train_state
 from fmjax.core.steps import train_step
 
 # Room left on a device for XLA's own buffers and fragmentation.
@@ -139,13 +137,10 @@ def plan_run(config: ml_collections.ConfigDict) -> Plan:
     """
     num_devices = jax.device_count()
     batch_per_device = per_device_batch_size(config.batch_size, num_devices, config.grad_accum_steps)
-    model = create_model(config.model, config.num_classes)
-    # The data's size is unknown here; a schedule's shape does not change the step's cost.
-    optimizer = create_optimizer(config, steps_per_epoch=1)
-    image = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), np.float32)
-    state = jax.eval_shape(
-        lambda: create_train_state(jax.random.key(config.seed), model, optimizer, image)
-    )
+    # The data's size is unknown here; a schedule's length does not change the step's cost.
+    parts = build(config, config.num_classes, (config.image_size, config.image_size, 3))
+    model, image = parts.model, parts.input_spec()
+    state = jax.eval_shape(parts.init_state)
     batch = {
         "image": jax.ShapeDtypeStruct((batch_per_device, *image.shape[1:]), np.float32),
         "label": jax.ShapeDtypeStruct((batch_per_device,), np.int32),
