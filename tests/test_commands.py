@@ -1,18 +1,16 @@
 """The installed commands exist and each --help lists every flag on one line."""
 
 import importlib
-import os
 import tomllib
 
 import pytest
+from conftest import ROOT
 
 from fmjax import cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def console_scripts():
-    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+    with open(ROOT / "pyproject.toml", "rb") as f:
         return tomllib.load(f)["project"]["scripts"]
 
 
@@ -68,7 +66,7 @@ def test_a_bad_command_line_is_one_line_and_status_2(argv, message, capsys):
 def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no configs/ here
     assert cli.shipped_config_names() == sorted(
-        name[:-3] for name in os.listdir(os.path.join(ROOT, "configs")) if name.endswith(".py") and name[0] != "_"
+        path.stem for path in (ROOT / "configs").glob("*.py") if not path.name.startswith("_")
     )
     for config in (["--config", "default"], ["--config=seed.py"]):
         assert cli.run(cli.train_main, ["train.py", *config, "--dry_run"]) == 0

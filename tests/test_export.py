@@ -16,21 +16,27 @@ from fmjax.run import trainer
 from fmjax.tools.export import export_run
 
 SIZE = 8
+BATCHES = (1, 7)
 # Runs in a fresh process where importing fmjax fails: the artifacts must stand alone.
+# Loads both once, then serves each batch size in BATCHES (the first images of the files).
 LOAD_BOTH = """
 import json, sys
 sys.modules["fmjax"] = None
 import jax, numpy as np, tensorflow as tf
 from PIL import Image
-out, paths = sys.argv[1], sys.argv[2:]
-pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
-served = tf.saved_model.load(out + "/saved_model").signatures["serving_default"](images=tf.constant(pixels))
+out, batches, paths = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3:]
+serve = tf.saved_model.load(out + "/saved_model").signatures["serving_default"]
 exported = jax.export.deserialize(open(out + "/model.jax_export", "rb").read())
-print(json.dumps({
-    "saved_model": served["probabilities"].numpy().tolist(),
-    "class_names": [n.decode() for n in served["class_names"].numpy()],
-    "jax_export": np.asarray(exported.call(pixels.astype(np.float32) / 255.0)).tolist(),
-}))
+results = {}
+for batch in batches:
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths[:batch]])
+    served = serve(images=tf.constant(pixels))
+    results[batch] = {
+        "saved_model": served["probabilities"].numpy().tolist(),
+        "class_names": [n.decode() for n in served["class_names"].numpy()],
+        "jax_export": np.asarray(exported.call(pixels.astype(np.float32) / 255.0)).tolist(),
+    }
+print(json.dumps(results))
 """
 
 
@@ -62,21 +68,22 @@ def predicted(run, files, capsys):
     return np.array([[p["probability"] for p in sorted(r["predictions"], key=lambda p: int(p["class"]))] for r in results])
 
 
-@pytest.mark.parametrize("batch", [1, 7])
-def test_both_artifacts_give_predicts_probabilities_without_fmjax(exported, batch, capsys):
+def test_both_artifacts_give_predicts_probabilities_without_fmjax(exported, capsys):
     run, out, paths, files = exported
     assert sorted(os.path.basename(p) for p in paths) == ["class_names.json", "model.jax_export", "saved_model"]
     env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
     loaded = subprocess.run(
-        [sys.executable, "-c", LOAD_BOTH, str(out), *files[:batch]],
+        [sys.executable, "-c", LOAD_BOTH, str(out), json.dumps(BATCHES), *files],
         capture_output=True, text=True, env=env, timeout=300, cwd=str(out),
     )
     assert loaded.returncode == 0, loaded.stderr[-3000:]
-    result = json.loads(loaded.stdout.strip().splitlines()[-1])
-    expected = predicted(run, files[:batch], capsys)
-    assert result["class_names"] == [str(d) for d in range(10)]
-    np.testing.assert_allclose(result["saved_model"], expected, atol=1e-5)
-    np.testing.assert_allclose(result["jax_export"], expected, atol=1e-5)
+    results = json.loads(loaded.stdout.strip().splitlines()[-1])
+    for batch in BATCHES:
+        result = results[str(batch)]
+        expected = predicted(run, files[:batch], capsys)
+        assert result["class_names"] == [str(d) for d in range(10)]
+        np.testing.assert_allclose(result["saved_model"], expected, atol=1e-5, err_msg=f"batch {batch}")
+        np.testing.assert_allclose(result["jax_export"], expected, atol=1e-5, err_msg=f"batch {batch}")
 
 
 def test_an_out_folder_in_use_is_refused(exported):

@@ -7,8 +7,9 @@ half-written file; a failed checkpoint write stops training at once; folder
 walks visit each real file once and open only regular files; a user's
 mistake is one line, with nothing after it.
 
-One tiny run (8x8 digits, fc1 of 32, one epoch of 21 steps) is trained once
-for the module; each test works on a copy of it.
+The session's tiny run (conftest: 8x8 digits, fc1 of 32, two epochs of 21
+steps) is read where a test only reads, and copied where a test changes it;
+a resume that trains on asks for a third epoch.
 """
 
 import contextlib
@@ -18,13 +19,27 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import uuid
 
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import (
+    LAST_STEP,
+    STEPS_PER_EPOCH,
+    TINY,
+    checkpoint_files,
+    damage_checkpoint,
+    error_lines,
+    one_error_line,
+    predict,
+    saved_steps,
+    snapshot,
+    train_py,
+)
+from conftest import evaluate_tiny as evaluate
+from conftest import train_tiny as train
 from PIL import Image
 
 from fmjax import cli
@@ -34,61 +49,7 @@ from fmjax.run import checkpoint as ckpt
 from fmjax.run import config_checks, files, rundir
 from fmjax.run import identity as run_identity
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.py")
-TINY = ["--config", DEFAULT_CONFIG, "--config.image_size=8", "--config.model.hidden=32", "--config.num_epochs=1"]
-STEPS_PER_EPOCH = 21
-
-
-def train(workdir, *extra):
-    return cli.run(cli.train_main, ["train.py", *TINY, "--workdir", str(workdir), *extra])
-
-
-def evaluate(workdir, *extra):
-    return cli.run(cli.evaluate_main, ["evaluate.py", *TINY, "--workdir", str(workdir), *extra])
-
-
-def predict(*argv):
-    return cli.run(cli.predict_main, ["predict.py", *argv])
-
-
-def error_lines(capsys):
-    """The lines on stderr, less tqdm's progress bars."""
-    err = capsys.readouterr().err
-    return [line for line in err.splitlines() if line.strip() and "it/s]" not in line and "s/it]" not in line]
-
-
-def one_error_line(capsys):
-    lines = error_lines(capsys)
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("error: "), lines
-    return lines[0]
-
-
-def snapshot(folder):
-    """Every entry under `folder`: relative path -> (kind, size, mtime_ns, link target)."""
-    entries = {}
-    for directory, subdirectories, file_names in os.walk(folder):
-        for name in subdirectories + file_names:
-            path = os.path.join(directory, name)
-            info = os.lstat(path)
-            target = os.readlink(path) if os.path.islink(path) else None
-            entries[os.path.relpath(path, folder)] = (info.st_mode >> 12, info.st_size, info.st_mtime_ns, target)
-    return entries
-
-
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("base") / "run"
-    assert train(workdir) == 0
-    return workdir
-
-
-@pytest.fixture
-def run_copy(base_run, tmp_path):
-    workdir = tmp_path / "run"
-    shutil.copytree(base_run, workdir, symlinks=True)
-    return workdir
+MORE = "--config.num_epochs=3"  # a resume that trains an epoch past the tiny run
 
 
 # ---- 1. A resume with another optimizer setting threw away every checkpoint.
@@ -101,24 +62,24 @@ def run_copy(base_run, tmp_path):
         ("--config.grad_clip_norm=1.0", "config.grad_clip_norm 0.0 -> 1.0"),
     ],
 )
-def test_1_a_resume_with_another_optimizer_is_refused_touching_nothing(run_copy, capsys, change, named):
-    before = snapshot(run_copy)
-    assert train(run_copy, "--config.num_epochs=2", change) == cli.EXIT_USER_ERROR
+def test_1_a_resume_with_another_optimizer_is_refused_touching_nothing(tiny_run_copy, capsys, change, named):
+    before = snapshot(tiny_run_copy)
+    assert train(tiny_run_copy, MORE, change) == cli.EXIT_USER_ERROR
     line = one_error_line(capsys)
-    assert line.startswith(f"error: {run_copy} holds another run (checkpoint step {STEPS_PER_EPOCH}): {named};"), line
+    assert line.startswith(f"error: {tiny_run_copy} holds another run (checkpoint step {LAST_STEP}): {named};"), line
     assert "--allow_config_change" in line
-    assert snapshot(run_copy) == before
+    assert snapshot(tiny_run_copy) == before
 
 
-def test_1_even_allowed_an_optimizer_state_of_another_structure_is_a_mismatch_not_damage(run_copy, capsys):
-    before = snapshot(run_copy)
-    assert train(run_copy, "--config.num_epochs=2", "--config.optimizer.name=sgd", "--allow_config_change") == 2
+def test_1_even_allowed_an_optimizer_state_of_another_structure_is_a_mismatch_not_damage(tiny_run_copy, capsys):
+    before = snapshot(tiny_run_copy)
+    assert train(tiny_run_copy, MORE, "--config.optimizer.name=sgd", "--allow_config_change") == 2
     err = error_lines(capsys)
-    assert err[-1].startswith(f"error: the checkpoint at step {STEPS_PER_EPOCH} in {run_copy / 'checkpoints'} holds an optimizer state of another structure")
-    assert not os.path.exists(run_copy / "damaged_checkpoints")
-    assert sorted(os.listdir(run_copy / "checkpoints")) == [str(STEPS_PER_EPOCH)]
+    assert err[-1].startswith(f"error: the checkpoint at step {LAST_STEP} in {tiny_run_copy / 'checkpoints'} holds an optimizer state of another structure")
+    assert not os.path.exists(tiny_run_copy / "damaged_checkpoints")
+    assert saved_steps(tiny_run_copy) == [STEPS_PER_EPOCH, LAST_STEP]
     # The lock was taken (it says who) before the state was compared; nothing else changed.
-    assert {k: v for k, v in snapshot(run_copy).items() if k != "train.lock"} == {
+    assert {k: v for k, v in snapshot(tiny_run_copy).items() if k != "train.lock"} == {
         k: v for k, v in before.items() if k != "train.lock"
     }
 
@@ -127,11 +88,11 @@ def test_1_even_allowed_an_optimizer_state_of_another_structure_is_a_mismatch_no
 
 
 @pytest.mark.parametrize("value", ["0", "-1"])
-def test_2_keep_checkpoints_below_one_is_refused_before_anything_is_touched(run_copy, capsys, value):
-    before = snapshot(run_copy)
-    assert train(run_copy, "--config.num_epochs=2", f"--config.keep_checkpoints={value}") == 2
+def test_2_keep_checkpoints_below_one_is_refused_before_anything_is_touched(tiny_run_copy, capsys, value):
+    before = snapshot(tiny_run_copy)
+    assert train(tiny_run_copy, MORE, f"--config.keep_checkpoints={value}") == 2
     assert one_error_line(capsys) == f"error: config.keep_checkpoints is {value}; use a whole number of at least 1"
-    assert snapshot(run_copy) == before
+    assert snapshot(tiny_run_copy) == before
 
 
 # ---- 3. A full disk went unnoticed for an epoch, then 450 lines and five tracebacks.
@@ -162,7 +123,7 @@ def test_3_a_full_disk_stops_training_at_once_with_one_line(tmp_path, capsys, mo
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
             monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk_save)
-        assert train(workdir, "--config.num_epochs=2") == cli.EXIT_WRITE_FAILED == 4
+        assert train(workdir) == cli.EXIT_WRITE_FAILED == 4
         line = one_error_line(capsys)
         assert line == (
             f"error: writing checkpoint step {STEPS_PER_EPOCH} in {workdir / 'checkpoints'} failed: "
@@ -171,16 +132,16 @@ def test_3_a_full_disk_stops_training_at_once_with_one_line(tmp_path, capsys, mo
         )
         # Epoch 1 was logged before its save; epoch 2 was not trained on.
         assert [r["epoch"] for r in rundir.read_metrics(str(workdir))] == [1]
-        assert [n for n in os.listdir(workdir / "checkpoints") if n.isdigit()] == []
+        assert saved_steps(workdir) == []
 
 
-def test_3_a_refused_write_in_the_run_folder_is_one_line_too(run_copy, capsys, monkeypatch):
+def test_3_a_refused_write_in_the_run_folder_is_one_line_too(tiny_run_copy, capsys, monkeypatch):
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(files.tempfile, "mkstemp", no_space)
-    assert train(run_copy) == cli.EXIT_WRITE_FAILED
-    assert one_error_line(capsys) == f"error: cannot write {run_copy / 'config.json'}: no space left on the device"
+    assert train(tiny_run_copy) == cli.EXIT_WRITE_FAILED
+    assert one_error_line(capsys) == f"error: cannot write {tiny_run_copy / 'config.json'}: no space left on the device"
 
 
 # ---- 4 and 6. predict.py listed one image 41 times under `again -> .`, and blocked on a FIFO.
@@ -213,9 +174,9 @@ def fails_after(seconds):
         signal.signal(signal.SIGALRM, previous)
 
 
-def test_4_6_a_walk_visits_each_real_file_once_and_skips_a_fifo(base_run, image_tree, capsys):
+def test_4_6_a_walk_visits_each_real_file_once_and_skips_a_fifo(tiny_run, image_tree, capsys):
     with fails_after(60):
-        assert predict("--workdir", str(base_run), "--json", str(image_tree)) == 0
+        assert predict("--workdir", str(tiny_run), "--json", str(image_tree)) == 0
     captured = capsys.readouterr()
     listed = [result["path"] for result in json.loads(captured.out)]
     assert listed == [str(image_tree / "a.png"), str(image_tree / "sub" / "b.png")]
@@ -227,9 +188,9 @@ def test_4_6_a_walk_visits_each_real_file_once_and_skips_a_fifo(base_run, image_
     )
 
 
-def test_6_a_fifo_named_on_the_command_line_is_refused_without_reading_it(base_run, image_tree, capsys):
+def test_6_a_fifo_named_on_the_command_line_is_refused_without_reading_it(tiny_run, image_tree, capsys):
     with fails_after(60):
-        assert predict("--workdir", str(base_run), str(image_tree / "c.png")) == 2
+        assert predict("--workdir", str(tiny_run), str(image_tree / "c.png")) == 2
     assert one_error_line(capsys) == (
         f"error: {image_tree / 'c.png'} is a FIFO, not a regular file; pass image files or folders of images"
     )
@@ -238,44 +199,44 @@ def test_6_a_fifo_named_on_the_command_line_is_refused_without_reading_it(base_r
 # ---- 5. A symlink in the workdir was written through.
 
 
-def test_5_a_lock_file_that_is_a_link_is_refused_and_its_target_kept(run_copy, tmp_path, capsys):
+def test_5_a_lock_file_that_is_a_link_is_refused_and_its_target_kept(tiny_run_copy, tmp_path, capsys):
     precious = tmp_path / "precious.txt"
     precious.write_text("keep me")
-    os.remove(run_copy / "train.lock")
-    os.symlink(precious, run_copy / "train.lock")
-    assert train(run_copy) == 2
+    os.remove(tiny_run_copy / "train.lock")
+    os.symlink(precious, tiny_run_copy / "train.lock")
+    assert train(tiny_run_copy) == 2
     assert one_error_line(capsys) == (
-        f"error: {run_copy / 'train.lock'} is a symbolic link (to {precious}); fmjax does not write "
+        f"error: {tiny_run_copy / 'train.lock'} is a symbolic link (to {precious}); fmjax does not write "
         "through links in a run directory: remove the link"
     )
     assert precious.read_text() == "keep me"
 
 
-def test_5_config_and_eval_files_replace_links_without_following_them(run_copy, tmp_path):
+def test_5_config_and_eval_files_replace_links_without_following_them(tiny_run_copy, tmp_path):
     outside = {}
-    for name in ("config.json", f"eval_{STEPS_PER_EPOCH}.json"):
+    for name in ("config.json", f"eval_{LAST_STEP}.json"):
         outside[name] = tmp_path / f"outside_{name}"
         outside[name].write_text("keep me")
-        if (run_copy / name).exists():
-            os.remove(run_copy / name)
-        os.symlink(outside[name], run_copy / name)
-    assert train(run_copy) == 0  # the finished run evaluates and rewrites config.json
-    assert evaluate(run_copy) == 0
+        if (tiny_run_copy / name).exists():
+            os.remove(tiny_run_copy / name)
+        os.symlink(outside[name], tiny_run_copy / name)
+    assert train(tiny_run_copy) == 0  # the finished run evaluates and rewrites config.json
+    assert evaluate(tiny_run_copy) == 0
     for name in outside:
         assert outside[name].read_text() == "keep me"
-        assert not os.path.islink(run_copy / name) and os.path.isfile(run_copy / name)
-    assert json.loads((run_copy / "config.json").read_text())["image_size"] == 8
-    assert json.loads((run_copy / f"eval_{STEPS_PER_EPOCH}.json").read_text())["step"] == STEPS_PER_EPOCH
+        assert not os.path.islink(tiny_run_copy / name) and os.path.isfile(tiny_run_copy / name)
+    assert json.loads((tiny_run_copy / "config.json").read_text())["image_size"] == 8
+    assert json.loads((tiny_run_copy / f"eval_{LAST_STEP}.json").read_text())["step"] == LAST_STEP
 
 
-def test_5_a_metrics_file_that_is_a_link_is_refused_and_its_target_kept(run_copy, tmp_path, capsys):
+def test_5_a_metrics_file_that_is_a_link_is_refused_and_its_target_kept(tiny_run_copy, tmp_path, capsys):
     outside = tmp_path / "outside_metrics.jsonl"
-    shutil.move(run_copy / "metrics.jsonl", outside)
-    os.symlink(outside, run_copy / "metrics.jsonl")
+    shutil.move(tiny_run_copy / "metrics.jsonl", outside)
+    os.symlink(outside, tiny_run_copy / "metrics.jsonl")
     before = outside.read_bytes()
-    assert train(run_copy, "--config.num_epochs=2") == 2
+    assert train(tiny_run_copy, MORE) == 2
     assert one_error_line(capsys) == (
-        f"error: {run_copy / 'metrics.jsonl'} is a symbolic link (to {outside}); fmjax does not write "
+        f"error: {tiny_run_copy / 'metrics.jsonl'} is a symbolic link (to {outside}); fmjax does not write "
         "through links in a run directory: remove the link"
     )
     assert outside.read_bytes() == before
@@ -299,21 +260,21 @@ def test_5_atomic_writes_leave_no_temporary_file_and_never_a_half(tmp_path, monk
 # ---- 7. A half-written last line of metrics.jsonl blocked every resume.
 
 
-def test_7_a_cut_short_last_metrics_line_is_dropped_with_a_warning(run_copy, capsys):
-    with open(run_copy / "metrics.jsonl", "a") as f:
-        f.write('{"epoch": 2, "step": 4')  # a crash inside the write of epoch 2's line
-    assert train(run_copy, "--config.num_epochs=2") == 0
+def test_7_a_cut_short_last_metrics_line_is_dropped_with_a_warning(tiny_run_copy, capsys):
+    with open(tiny_run_copy / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "step": 6')  # a crash inside the write of epoch 3's line
+    assert train(tiny_run_copy, MORE) == 0
     out = capsys.readouterr().out
-    assert f"warning: the last line of {run_copy / 'metrics.jsonl'} is cut short" in out
-    assert [r["epoch"] for r in rundir.read_metrics(str(run_copy))] == [1, 2]
+    assert f"warning: the last line of {tiny_run_copy / 'metrics.jsonl'} is cut short" in out
+    assert [r["epoch"] for r in rundir.read_metrics(str(tiny_run_copy))] == [1, 2, 3]
 
 
-def test_7_damage_before_the_last_line_is_an_error_naming_the_line(run_copy, capsys):
-    text = (run_copy / "metrics.jsonl").read_text()
-    (run_copy / "metrics.jsonl").write_text("garbage\n" + text)
-    assert train(run_copy, "--config.num_epochs=2") == 2
+def test_7_damage_before_the_last_line_is_an_error_naming_the_line(tiny_run_copy, capsys):
+    text = (tiny_run_copy / "metrics.jsonl").read_text()
+    (tiny_run_copy / "metrics.jsonl").write_text("garbage\n" + text)
+    assert train(tiny_run_copy, MORE) == 2
     assert one_error_line(capsys) == (
-        f"error: line 1 of {run_copy / 'metrics.jsonl'} is not an epoch's JSON record; fix or delete that line"
+        f"error: line 1 of {tiny_run_copy / 'metrics.jsonl'} is not an epoch's JSON record; fix or delete that line"
     )
 
 
@@ -332,10 +293,10 @@ def other_digits(tmp_path_factory):
     return root
 
 
-def test_8_a_resume_on_another_data_set_batch_size_or_activation_is_refused(run_copy, other_digits, capsys):
-    before = snapshot(run_copy)
+def test_8_a_resume_on_another_data_set_batch_size_or_activation_is_refused(tiny_run_copy, other_digits, capsys):
+    before = snapshot(tiny_run_copy)
     other = ["--config.data.source=image_folder", f"--config.data.root={other_digits}", "--config.batch_size=8"]
-    assert train(run_copy, "--config.num_epochs=2", *other, "--config.model.activation=tanh") == 2
+    assert train(tiny_run_copy, MORE, *other, "--config.model.activation=tanh") == 2
     line = one_error_line(capsys)
     for named in (
         "config.batch_size 64 -> 8",
@@ -346,10 +307,10 @@ def test_8_a_resume_on_another_data_set_batch_size_or_activation_is_refused(run_
         "the number of training images 1347 -> 10",
     ):
         assert named in line, (named, line)
-    assert snapshot(run_copy) == before
+    assert snapshot(tiny_run_copy) == before
 
 
-def test_8_the_class_names_alone_are_compared(base_run):
+def test_8_the_class_names_alone_are_compared():
     current = run_identity.run_record(base_config(), [f"digit_{d}" for d in range(10)], 1347)
     saved = dict(current, **{"data:class_names": [str(d) for d in range(10)]})
     assert run_identity.differences(saved, current) == [
@@ -357,32 +318,32 @@ def test_8_the_class_names_alone_are_compared(base_run):
     ]
 
 
-def test_8_evaluate_refuses_a_data_set_of_other_classes(base_run, other_digits, capsys):
-    before = snapshot(base_run)
+def test_8_evaluate_refuses_a_data_set_of_other_classes(tiny_run, other_digits, capsys):
+    before = snapshot(tiny_run)
     other = ["--config.data.source=image_folder", f"--config.data.root={other_digits}", "--config.batch_size=8"]
-    assert evaluate(base_run, *other) == 2
+    assert evaluate(tiny_run, *other) == 2
     assert one_error_line(capsys) == (
-        f"error: the checkpoint at step {STEPS_PER_EPOCH} in {base_run} was trained on other classes than "
+        f"error: the checkpoint at step {LAST_STEP} in {tiny_run} was trained on other classes than "
         "config.data names (class 0: '0' in the checkpoint, 'digit_0' in the data); evaluate with the "
         "run's data (its config.json)"
     )
-    assert snapshot(base_run) == before
+    assert snapshot(tiny_run) == before
 
 
-def test_8_allowed_on_purpose_a_new_rate_resumes_and_is_recorded(run_copy, capsys):
-    assert train(run_copy, "--config.num_epochs=2", "--config.learning_rate=1e-4", "--allow_config_change") == 0
+def test_8_allowed_on_purpose_a_new_rate_resumes_and_is_recorded(tiny_run_copy, capsys):
+    assert train(tiny_run_copy, MORE, "--config.learning_rate=1e-4", "--allow_config_change") == 0
     out = capsys.readouterr().out
     assert (
-        f"warning: continuing the run in {run_copy} from step {STEPS_PER_EPOCH} with a changed config "
+        f"warning: continuing the run in {tiny_run_copy} from step {LAST_STEP} with a changed config "
         "(--allow_config_change): config.learning_rate 0.001 -> 0.0001" in out
     )
-    with open(run_copy / "config_changes.jsonl") as f:
+    with open(tiny_run_copy / "config_changes.jsonl") as f:
         assert [json.loads(line) for line in f] == [
-            {"step": STEPS_PER_EPOCH, "changed": {"learning_rate": [0.001, 0.0001]}}
+            {"step": LAST_STEP, "changed": {"learning_rate": [0.001, 0.0001]}}
         ]
-    assert [r["epoch"] for r in rundir.read_metrics(str(run_copy))] == [1, 2]
+    assert [r["epoch"] for r in rundir.read_metrics(str(tiny_run_copy))] == [1, 2, 3]
     # The new rate is now the run's: resuming with it needs no flag.
-    assert train(run_copy, "--config.num_epochs=2", "--config.learning_rate=1e-4") == 0
+    assert train(tiny_run_copy, MORE, "--config.learning_rate=1e-4") == 0
 
 
 def test_8_harmless_keys_may_change_and_unknown_ones_are_not_compared():
@@ -469,15 +430,28 @@ def test_11_an_empty_data_root_names_config_data_root(tmp_path, capsys):
     assert one_error_line(capsys) == "error: config.data.root is ''; set it to the folder holding train/ and test/"
 
 
-def test_11_a_deleted_orbax_metadata_file_is_named(run_copy, capsys):
-    os.remove(run_copy / "checkpoints" / str(STEPS_PER_EPOCH) / "state" / "_METADATA")
-    assert evaluate(run_copy) == 2
+def test_11_a_step_missing_any_one_file_reads_whole_or_is_named_damaged(tiny_run_copy, capsys):
+    """Each file of the newest step deleted in turn, whatever Orbax names them: a deleted
+    metadata file was once reported as "NoneType"; now a step reads whole or is named damaged."""
+    damaged = []
+    for path in checkpoint_files(tiny_run_copy, LAST_STEP):
+        kept = path.read_bytes()
+        path.unlink()
+        try:  # what evaluation reads: the meta record and the model's variables
+            ckpt.read_meta(str(tiny_run_copy), LAST_STEP)
+            ckpt.restore_variables_at(str(tiny_run_copy), LAST_STEP)
+        except UserError as error:
+            assert str(error).startswith(f"the checkpoint at step {LAST_STEP} in {tiny_run_copy / 'checkpoints'} is damaged ("), error
+            assert "NoneType" not in str(error)
+            damaged.append(path)
+        path.write_bytes(kept)
+    assert damaged, "no single deleted file damaged the step"
+
+    damaged[0].unlink()
+    assert evaluate(tiny_run_copy) == 2
     line = one_error_line(capsys)
-    assert "NoneType" not in line
-    assert line == (
-        f"error: the checkpoint at step {STEPS_PER_EPOCH} in {run_copy / 'checkpoints'} is damaged (ValueError: "
-        f"the metadata of step {STEPS_PER_EPOCH}'s state (state/_METADATA) is missing or unreadable); train again"
-    )
+    assert line.startswith(f"error: the checkpoint at step {LAST_STEP} in {tiny_run_copy / 'checkpoints'} is damaged ("), line
+    assert line.endswith(f"; pass --step with one of {STEPS_PER_EPOCH}") and "NoneType" not in line, line
 
 
 # ---- 12. The right line, then noise: Orbax's thread tracebacks, coroutine dumps.
@@ -491,15 +465,13 @@ def test_12_an_unknown_name_is_one_line_and_nothing_after(tmp_path, capsys, over
     assert not os.path.exists(tmp_path / "w")
 
 
-def test_12_resuming_past_a_truncated_checkpoint_prints_no_dump(base_run, tmp_path):
+def test_12_resuming_past_a_truncated_checkpoint_prints_no_dump(tiny_run_copy):
     """In a child process: the dump came from coroutines collected at exit, which pytest would catch."""
-    workdir = tmp_path / "run"
-    shutil.copytree(base_run, workdir)
-    for data_file in (workdir / "checkpoints" / str(STEPS_PER_EPOCH) / "state" / "ocdbt.process_0" / "d").iterdir():
-        with open(data_file, "r+b") as f:
-            f.truncate(os.path.getsize(data_file) // 2)
+    workdir = tiny_run_copy
+    for step in (STEPS_PER_EPOCH, LAST_STEP):
+        damage_checkpoint(workdir, step, arrays_only=True)  # the metadata reads, the arrays do not
     child = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train.py"), *TINY, "--workdir", str(workdir)],
+        train_py(*TINY, "--workdir", str(workdir)),
         capture_output=True, text=True, timeout=240, env=dict(os.environ, XLA_FLAGS=""),
     )
     assert child.returncode == 2, child.stderr[-3000:]
@@ -510,7 +482,7 @@ def test_12_resuming_past_a_truncated_checkpoint_prints_no_dump(base_run, tmp_pa
         and not line.startswith(("WARNING: All log messages before absl", "I0000", "W0000"))
     ]
     assert ours == [
-        f"error: every checkpoint in {workdir / 'checkpoints'} is unreadable (steps {STEPS_PER_EPOCH}, now in "
+        f"error: every checkpoint in {workdir / 'checkpoints'} is unreadable (steps {LAST_STEP}, {STEPS_PER_EPOCH}, now in "
         f"{workdir / 'damaged_checkpoints'}); run again to start afresh, or restore the files"
     ], child.stderr[-3000:]
     assert "Exception ignored" not in child.stderr
@@ -521,13 +493,13 @@ def test_12_resuming_past_a_truncated_checkpoint_prints_no_dump(base_run, tmp_pa
 
 def test_13_a_loss_grown_by_orders_of_magnitude_stops_the_run(tmp_path, capsys):
     workdir = tmp_path / "w"
-    assert train(workdir, "--config.learning_rate=1e6", "--config.num_epochs=2") == cli.EXIT_DIVERGED == 3
+    assert train(workdir, "--config.learning_rate=1e6") == cli.EXIT_DIVERGED == 3
     line = one_error_line(capsys)
     assert line.startswith("error: the training loss grew to "), line
     assert line.endswith(
         "the run diverged; no checkpoint was saved; lower config.learning_rate (or set config.halt_on_loss_growth=0)"
     )
-    assert not [name for name in os.listdir(workdir / "checkpoints") if name.isdigit()]
+    assert saved_steps(workdir) == []
     assert not os.path.exists(workdir / "metrics.jsonl")
 
 
@@ -570,11 +542,11 @@ def test_every_config_value_is_checked():
             config_checks.check_config(ml_collections.ConfigDict(values))
 
 
-def test_a_damaged_step_set_aside_twice_keeps_both_copies(run_copy):
-    manager = ckpt.checkpoint_manager(str(run_copy))
+def test_a_damaged_step_set_aside_twice_keeps_both_copies(tiny_run_copy):
+    manager = ckpt.checkpoint_manager(str(tiny_run_copy))
     try:
-        (run_copy / "damaged_checkpoints" / str(STEPS_PER_EPOCH)).mkdir(parents=True)
+        (tiny_run_copy / "damaged_checkpoints" / str(STEPS_PER_EPOCH)).mkdir(parents=True)
         ckpt._set_aside(manager, [STEPS_PER_EPOCH])
     finally:
         manager.close()
-    assert sorted(os.listdir(run_copy / "damaged_checkpoints")) == [str(STEPS_PER_EPOCH), f"{STEPS_PER_EPOCH}.1"]
+    assert sorted(os.listdir(tiny_run_copy / "damaged_checkpoints")) == [str(STEPS_PER_EPOCH), f"{STEPS_PER_EPOCH}.1"]

@@ -1,22 +1,16 @@
 """A bfloat16 run of configs/default.py trains to within 2 points of the float32 run."""
 
-import importlib.util
-import os
-
 import pytest
+from conftest import load_config
 
 from fmjax.run.trainer import train_and_evaluate
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
 # Test accuracy, in points, by which bfloat16 may trail or lead float32.
 TOLERANCE = 0.02
 
 
 def default_config():
-    spec = importlib.util.spec_from_file_location("default", DEFAULT_CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config("default")
     # Smaller than the default run, to keep the suite fast; same data and recipe.
     config.image_size = 8
     config.model.hidden = 128

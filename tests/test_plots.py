@@ -9,7 +9,6 @@ import pytest
 from fmjax import cli
 from fmjax.tools import plots
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DIGITS = [str(d) for d in range(10)]
 
@@ -103,7 +102,7 @@ def test_plot_metrics_script_writes_into_the_first_run_by_default(tmp_path, caps
     runs = [write_run(tmp_path / "a", 2, 1.0), write_run(tmp_path / "b", 2, 2.0)]
     assert cli.run(cli.plot_metrics_main, ["plot_metrics.py", *runs]) == 0
     assert_png(os.path.join(runs[0], "learning_curves.png"))
-    assert "learning_curves.png" in capsys.readouterr().out
+    assert capsys.readouterr().out == f"learning curves of 2 run(s) written to {os.path.join(runs[0], 'learning_curves.png')}\n"
 
 
 @pytest.mark.parametrize("make_bad_run", ["missing_dir", "missing_metrics", "bad_line"])

@@ -9,80 +9,60 @@ the one before, and a second training on a busy workdir is refused.
 
 The stopped runs are real train.py processes on the same eight CPU devices
 as this one (conftest's XLA_FLAGS, inherited), resumed in this process. The
-parent watches the checkpoints folder: Orbax writes a step under a temporary
-name and renames it to the bare step number when complete, so a numbered
-folder is a finished checkpoint. With a checkpoint every step, each step
-waits for the previous write, so the child is at most a few steps past the
-one that triggered the signal, far from the run's end; and wherever it
-stops, the resumed result must be the same, which keeps the test
-deterministic.
+parent polls fmjax's list of complete checkpoints (a step is listed only
+once its write is complete). With a checkpoint every step, each step waits
+for the previous write, so the child is at most a few steps past the one
+that triggered the signal, far from the run's end; and wherever it stops,
+the resumed result must be the same, which keeps the test deterministic.
+
+The kill points are drawn from a seeded generator: FMJAX_RESUME_SEED (0
+unless set) replays a failure, whose message gives the seed and the points.
 """
 
 import contextlib
-import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from conftest import checkpoint_arrays
+from conftest import (
+    CHILD_ENV,
+    LAST_STEP,
+    STEPS_PER_EPOCH,
+    TINY,
+    checkpoint_arrays,
+    damage_checkpoint,
+    evaluate_tiny,
+    newest_step,
+    saved_steps,
+    train_py,
+)
+from conftest import train_tiny as train
 
 from fmjax import cli
-from fmjax.run import trainer
+from fmjax.run import rundir, trainer
 from fmjax.run.lock import hold_workdir
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN_PY = os.path.join(ROOT, "train.py")
-# 1347 training digits in batches of 64: 21 steps an epoch, 42 in all.
-STEPS_PER_EPOCH, LAST_STEP = 21, 42
-COMMAND = [
-    "--config", os.path.join(ROOT, "configs", "default.py"),
-    "--config.image_size=8", "--config.model.hidden=32", "--config.num_epochs=2",
-    "--config.batch_size=64",
-]
 EVERY_STEP = "--config.checkpoint_every_steps=1"
 ONLY_AT_EPOCH_ENDS = "--config.checkpoint_every_steps=0"
-CHILD_ENV = dict(
-    os.environ,
-    JAX_DEFAULT_MATMUL_PRECISION="float32",  # as conftest sets in this process
-    PYTHONUNBUFFERED="1",  # the "resumed from" line survives a SIGKILL
-)
-
-
-def train(workdir, *extra):
-    return cli.run(cli.train_main, ["train.py", *COMMAND, "--workdir", str(workdir), *extra])
-
-
-def saved_arrays(workdir, step=LAST_STEP):
-    """The params, optimizer state and step of a checkpoint, by tree path, as numpy arrays."""
-    return checkpoint_arrays(workdir, step)
+SEED = int(os.environ.get("FMJAX_RESUME_SEED", "0"))
 
 
 def metrics_without_speed(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f]
-    return [{k: v for k, v in r.items() if k != "images_per_second"} for r in records]
+    return [{k: v for k, v in r.items() if k != "images_per_second"} for r in rundir.read_metrics(str(workdir))]
 
 
 def assert_same_run(workdir, reference):
-    arrays, expected = saved_arrays(workdir), saved_arrays(reference)
+    arrays, expected = checkpoint_arrays(workdir, LAST_STEP), checkpoint_arrays(reference, LAST_STEP)
     assert arrays.keys() == expected.keys()
     assert any("opt_state" in key for key in arrays)
     for key in expected:
         np.testing.assert_array_equal(arrays[key], expected[key], err_msg=key)
     assert metrics_without_speed(workdir) == metrics_without_speed(reference)
-
-
-def newest_step(workdir):
-    folder = os.path.join(workdir, "checkpoints")
-    names = os.listdir(folder) if os.path.isdir(folder) else []
-    return max((int(name) for name in names if name.isdigit()), default=0)
 
 
 def signal_after(workdir, step, signum, *extra):
@@ -92,12 +72,12 @@ def signal_after(workdir, step, signum, *extra):
       (exit status, stdout, stderr) of the child.
     """
     child = subprocess.Popen(
-        [sys.executable, TRAIN_PY, *COMMAND, "--workdir", str(workdir), *extra],
+        train_py(*TINY, "--workdir", str(workdir), *extra),
         env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 180
     while newest_step(workdir) < step and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
+        time.sleep(0.02)
     child.send_signal(signum)
     out, err = child.communicate(timeout=180)
     assert child.returncode != 0, f"train.py ended before step {step}: {err[-2000:]}"
@@ -110,48 +90,54 @@ def resumed_step(output):
     return int(found[0])
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The run that never stopped; when checkpoints are written changes nothing else."""
-    workdir = tmp_path_factory.mktemp("reference")
-    assert train(workdir, ONLY_AT_EPOCH_ENDS) == 0
-    return workdir
+@pytest.fixture
+def reference(tiny_run):
+    """The run that never stopped: it saved only at epoch ends, which changes nothing else."""
+    return tiny_run
 
 
 def test_killed_twice_then_stopped_then_resumed_equals_the_run_never_stopped(tmp_path, reference, capsys):
-    rng = np.random.default_rng()  # kill points differ from run to run
-    # Run 1: SIGKILL inside epoch 1.
-    first_kill = int(rng.integers(2, 12))
-    status, _, err = signal_after(tmp_path, first_kill, signal.SIGKILL, EVERY_STEP)
-    assert status == -signal.SIGKILL, err[-2000:]
+    # Drawn up front, so that the seed alone replays them; each is raised to
+    # at least 3 steps past the newest checkpoint when the child starts.
+    rng = np.random.default_rng(SEED)
+    first_kill = int(rng.integers(2, 12))  # inside epoch 1
+    second_draw = int(rng.integers(first_kill + 3, STEPS_PER_EPOCH + 6))  # up to early epoch 2
+    sigterm_draw = int(rng.integers(STEPS_PER_EPOCH + 2, LAST_STEP - 8))  # inside epoch 2
+    points = {"seed": SEED, "first SIGKILL": first_kill}
 
-    # Run 2: resumes inside epoch 1; SIGKILL a few steps on, up to early epoch 2.
-    second_kill = int(rng.integers(newest_step(tmp_path) + 3, STEPS_PER_EPOCH + 6))
+    def replay():
+        return f"replay with FMJAX_RESUME_SEED={SEED}: signals after steps {points}"
+
+    # Run 1: SIGKILL inside epoch 1.
+    status, _, err = signal_after(tmp_path, first_kill, signal.SIGKILL, EVERY_STEP)
+    assert status == -signal.SIGKILL, (replay(), err[-2000:])
+
+    # Run 2: resumes inside epoch 1; SIGKILL a few steps on.
+    second_kill = points["second SIGKILL"] = max(second_draw, newest_step(tmp_path) + 3)
     status, out, err = signal_after(tmp_path, second_kill, signal.SIGKILL, EVERY_STEP)
-    assert status == -signal.SIGKILL, err[-2000:]
+    assert status == -signal.SIGKILL, (replay(), err[-2000:])
     first_resume = resumed_step(out)
-    assert first_kill <= first_resume < STEPS_PER_EPOCH, (first_kill, first_resume)
+    assert first_kill <= first_resume < STEPS_PER_EPOCH, (replay(), first_resume)
 
     # Run 3: SIGTERM inside epoch 2; it saves at the next step boundary and says where.
-    low = max(newest_step(tmp_path) + 3, STEPS_PER_EPOCH + 2)
-    sigterm_after = int(rng.integers(low, max(low + 1, LAST_STEP - 8)))
+    sigterm_after = points["SIGTERM"] = max(sigterm_draw, newest_step(tmp_path) + 3)
     status, out, err = signal_after(tmp_path, sigterm_after, signal.SIGTERM, EVERY_STEP)
-    assert status == cli.EXIT_PREEMPTED == 143, err[-2000:]
-    assert second_kill <= resumed_step(out), second_kill
+    assert status == cli.EXIT_PREEMPTED == 143, (replay(), err[-2000:])
+    assert second_kill <= resumed_step(out), replay()
     last_line = err.strip().splitlines()[-1]
     match = re.fullmatch(
         r"preempted: stopped by SIGTERM after saving step (\d+) in (\S+); run the same command to resume",
         last_line,
     )
-    assert match, last_line
+    assert match, (replay(), last_line)
     stopped_at = int(match.group(1))
-    assert sigterm_after <= stopped_at < LAST_STEP, (sigterm_after, stopped_at)
+    assert sigterm_after <= stopped_at < LAST_STEP, (replay(), stopped_at)
     assert match.group(2) == os.path.join(str(tmp_path), "checkpoints")
-    assert newest_step(tmp_path) == stopped_at
+    assert newest_step(tmp_path) == stopped_at, replay()
 
     capsys.readouterr()
-    assert train(tmp_path, EVERY_STEP) == 0  # the same command, now to the end
-    assert resumed_step(capsys.readouterr().out) == stopped_at
+    assert train(tmp_path, EVERY_STEP) == 0, replay()  # the same command, now to the end
+    assert resumed_step(capsys.readouterr().out) == stopped_at, replay()
     assert_same_run(tmp_path, reference)
 
 
@@ -175,13 +161,9 @@ def test_a_stop_at_an_epochs_last_step_leaves_its_evaluation_to_the_resumed_run(
     assert_same_run(tmp_path, reference)
 
 
-def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_resumes(tmp_path, reference, capsys):
-    workdir = tmp_path / "run"
-    shutil.copytree(reference, workdir)
-    newest = workdir / "checkpoints" / str(LAST_STEP)
-    for data_file in (newest / "state" / "ocdbt.process_0" / "d").iterdir():
-        with open(data_file, "r+b") as f:  # cut every array file of step 42 short
-            f.truncate(os.path.getsize(data_file) // 2)
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_resumes(tiny_run_copy, reference, capsys):
+    workdir = tiny_run_copy
+    damage_checkpoint(workdir, LAST_STEP, arrays_only=True)  # its arrays fail to read, its metadata does not
 
     capsys.readouterr()
     assert train(workdir, ONLY_AT_EPOCH_ENDS) == 0
@@ -196,13 +178,11 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_resumes(tmp
     assert_same_run(workdir, reference)
 
 
-def test_evaluating_a_damaged_step_is_one_line(tmp_path, reference, capsys):
-    workdir = tmp_path / "run"
-    shutil.copytree(reference, workdir)
-    os.remove(workdir / "checkpoints" / str(LAST_STEP) / "state" / "_METADATA")
+def test_evaluating_a_damaged_step_is_one_line(tiny_run_copy, capsys):
+    workdir = tiny_run_copy
+    damage_checkpoint(workdir, LAST_STEP)  # every file of the step cut short
     capsys.readouterr()
-    argv = ["evaluate.py", *COMMAND, "--workdir", str(workdir)]
-    assert cli.run(cli.evaluate_main, argv) == cli.EXIT_USER_ERROR
+    assert evaluate_tiny(workdir) == cli.EXIT_USER_ERROR
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert err[0].startswith(f"error: the checkpoint at step {LAST_STEP} in {workdir / 'checkpoints'} is damaged (")
@@ -218,8 +198,8 @@ def test_a_diverging_run_stops_naming_the_step_before_saving_it(tmp_path, capsys
         f"the newest checkpoint, step 1 in {tmp_path / 'checkpoints'}, is finite; "
         "lower config.learning_rate (or set config.halt_on_nonfinite=False)"
     ]
-    assert newest_step(tmp_path) == 1
-    assert all(np.isfinite(a).all() for a in saved_arrays(tmp_path, 1).values())
+    assert saved_steps(tmp_path) == [1]
+    assert all(np.isfinite(a).all() for a in checkpoint_arrays(tmp_path, 1).values())
 
 
 def test_a_second_training_on_a_busy_workdir_is_refused(tmp_path, capsys):

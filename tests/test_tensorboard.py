@@ -1,12 +1,12 @@
 """Training writes TensorBoard events that agree with metrics.jsonl."""
 
-import json
 import os
 
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fmjax.config import base_config
+from fmjax.run import rundir
 from fmjax.run.rundir import EVENTS_SUBDIR
 from fmjax.run.trainer import train_and_evaluate
 
@@ -33,8 +33,7 @@ def test_events_hold_every_epoch_and_the_schedule(tmp_path):
     assert set(scalars) == {
         "train/loss", "train/accuracy", "test/loss", "test/accuracy", "learning_rate", "images_per_second",
     }
-    with open(tmp_path / "metrics.jsonl") as f:
-        records = [json.loads(line) for line in f]
+    records = rundir.read_metrics(str(tmp_path))
     assert [step for step, _ in scalars["test/accuracy"]] == [r["step"] for r in records] == [21, 42]
     np.testing.assert_allclose([v for _, v in scalars["test/accuracy"]], [r["test_accuracy"] for r in records], rtol=1e-6)
     np.testing.assert_allclose([v for _, v in scalars["train/loss"]], [r["train_loss"] for r in records], rtol=1e-6)
