@@ -58,7 +58,7 @@ def test_every_command_prints_help_the_same_way_one_line_per_flag(command, flags
 def test_a_bad_command_line_is_one_line_and_status_2(argv, message, capsys):
     command = {"predict.py": "fmjax-predict", "plot_metrics.py": "fmjax-plot", "export.py": "fmjax-export",
                "evaluate.py": "fmjax-evaluate", "train.py": "fmjax-train"}[argv[0]]
-    assert cli.run(cli.COMMANDS[command], [os.path.join(ROOT, argv[0]), *argv[1:]]) == cli.EXIT_USER_ERROR
+    assert cli.run(cli.COMMANDS[command], [str(ROOT / argv[0]), *argv[1:]]) == cli.EXIT_USER_ERROR
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
 
