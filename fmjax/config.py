@@ -7,6 +7,11 @@ def base_config() -> ml_collections.ConfigDict:
     """All keys with their defaults: the seed's model and Adam on the embedded digits."""
     config = ml_collections.ConfigDict()
     config.seed = 0  # model init and the shuffle order of every epoch
+    # A population (fmjax.core.population): num_seeds members per learning rate,
+    # seeds seed, seed + 1, ..., trained at once; each equals its own ordinary run.
+    config.num_seeds = 1
+    config.sweep = ml_collections.ConfigDict()
+    config.sweep.learning_rates = ()  # each a member's rate; () = just learning_rate
     config.num_epochs = 10
     config.batch_size = 64  # global: over all devices and processes
     config.learning_rate = 1e-3

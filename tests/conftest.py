@@ -9,6 +9,8 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# libtpu is installed (the tpu extra) but no TPU is attached: JAX stays on the CPU, quietly.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import importlib.util  # noqa: E402
 import pathlib  # noqa: E402

@@ -82,7 +82,14 @@ def train_main(argv: Sequence[str]) -> int:
         if jax.process_index() == 0:
             print(f"error: {error}", file=sys.stderr)
         return EXIT_DIVERGED
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and "members" in record:
+        best = record["members"][record["best_member"]]
+        print(
+            f"test accuracy: {record['test_accuracy']:.2%} (the mean of {len(record['members'])} members; best "
+            f"{best['test_accuracy']:.2%}, member {record['best_member']}: seed {best['seed']}, learning rate "
+            f"{best['learning_rate']:g}) (workdir {args.workdir})"
+        )
+    elif jax.process_index() == 0:
         print(f"test accuracy: {record['test_accuracy']:.2%} (workdir {args.workdir})")
     return EXIT_OK
 

@@ -5,12 +5,19 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
 from fmjax.core.models import create_model
 from fmjax.core.optim import create_optimizer
+from fmjax.core.population import (
+    Member,
+    is_population,
+    population_members,
+    with_learning_rates,
+)
 from fmjax.core.state import TrainState, create_train_state
 
 
@@ -25,19 +32,22 @@ class RunParts:
         step 0, seeded by config.seed; `jax.eval_shape(init_state)` gives the
         state's shapes without allocating them.
       image_shape: (height, width, channels) of one input image.
+      members: a population's members (fmjax.core.population), in the order of
+        the state's leading axis; [] for an ordinary run, whose state has none.
     """
 
     model: nn.Module
     optimizer: optax.GradientTransformation
     init_state: Callable[[], TrainState]
     image_shape: tuple[int, ...]
+    members: list[Member]
 
     def input_spec(self, batch_size: int = 1) -> jax.ShapeDtypeStruct:
         """The shape and dtype of a batch of `batch_size` images, as the model takes it."""
         return jax.ShapeDtypeStruct((batch_size, *self.image_shape), np.float32)
 
     def abstract_variables(self) -> Any:
-        """The shapes of the model's variables ({"params", ...}), allocating nothing."""
+        """The shapes of one model's variables ({"params", ...}), allocating nothing."""
         return jax.eval_shape(self.model.init, jax.random.key(0), self.input_spec())
 
 
@@ -57,12 +67,18 @@ def build(
         prediction, which never take a step, may leave it at 1.
     """
     model = create_model(config.model, num_classes)
-    optimizer = create_optimizer(config, steps_per_epoch)
+    members = population_members(config) if is_population(config) else []
+    optimizer = create_optimizer(config, steps_per_epoch, rate_in_state=bool(members))
     image_shape = tuple(int(side) for side in image_shape)
     sample = jax.ShapeDtypeStruct((1, *image_shape), np.float32)
     seed = config.seed
 
     def init_state() -> TrainState:
-        return create_train_state(jax.random.key(seed), model, optimizer, sample)
+        if not members:
+            return create_train_state(jax.random.key(seed), model, optimizer, sample)
+        seeds = jnp.asarray([member.seed for member in members], jnp.int32)
+        states = jax.vmap(lambda s: create_train_state(jax.random.key(s), model, optimizer, sample))(seeds)
+        rates = [member.learning_rate for member in members]
+        return states.replace(opt_state=with_learning_rates(states.opt_state, rates))
 
-    return RunParts(model, optimizer, init_state, image_shape)
+    return RunParts(model, optimizer, init_state, image_shape, members)

@@ -1,6 +1,6 @@
 """The optax transformation a config asks for: learning-rate schedule, clipping, optimizer."""
 
-from typing import Optional
+from typing import Any, Optional
 
 import ml_collections
 import optax
@@ -12,7 +12,7 @@ SCHEDULES = ("constant", "warmup_cosine", "step")
 
 
 def create_learning_rate_schedule(
-    config: ml_collections.ConfigDict, steps_per_epoch: Optional[int] = None
+    config: ml_collections.ConfigDict, steps_per_epoch: Optional[int] = None, peak: Any = None
 ) -> optax.Schedule:
     """The learning rate as a function of the step.
 
@@ -24,13 +24,16 @@ def create_learning_rate_schedule(
         `decay_epochs`).
       steps_per_epoch: converts epochs to steps; needed by every schedule but
         "constant".
+      peak: the rate in place of config.learning_rate (a population member's,
+        possibly a traced array).
 
     Returns:
       An optax schedule, step -> learning rate.
     """
     schedule = config.schedule
+    peak = config.learning_rate if peak is None else peak
     if schedule.name == "constant":
-        return optax.constant_schedule(config.learning_rate)
+        return optax.constant_schedule(peak)
     if schedule.name not in SCHEDULES:
         raise UserError(
             f"config.schedule.name is {schedule.name!r}; use one of {', '.join(SCHEDULES)}"
@@ -47,7 +50,7 @@ def create_learning_rate_schedule(
             )
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0,
-            peak_value=config.learning_rate,
+            peak_value=peak,
             warmup_steps=warmup_steps,
             decay_steps=total_steps,
             end_value=schedule.end_learning_rate,
@@ -55,11 +58,11 @@ def create_learning_rate_schedule(
     boundaries = {
         int(epoch * steps_per_epoch): schedule.decay_factor for epoch in schedule.decay_epochs
     }
-    return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+    return optax.piecewise_constant_schedule(peak, boundaries)
 
 
 def create_optimizer(
-    config: ml_collections.ConfigDict, steps_per_epoch: Optional[int] = None
+    config: ml_collections.ConfigDict, steps_per_epoch: Optional[int] = None, rate_in_state: bool = False
 ) -> optax.GradientTransformation:
     """Builds the optimizer that the config names, with its schedule and clipping.
 
@@ -74,12 +77,22 @@ def create_optimizer(
         before the update, as torch's `weight_decay` does for both optimizers;
         0 turns it off).
       steps_per_epoch: for schedules given in epochs.
+      rate_in_state: keep the peak learning rate in the optimizer state
+        (optax.inject_hyperparams), where each member of a population sets
+        its own (fmjax.core.population.with_learning_rates).
 
     Returns:
       The optax transformation.
     """
+    if rate_in_state:
+        return optax.inject_hyperparams(
+            lambda learning_rate: _optimizer(config, create_learning_rate_schedule(config, steps_per_epoch, learning_rate))
+        )(learning_rate=config.learning_rate)
+    return _optimizer(config, create_learning_rate_schedule(config, steps_per_epoch))
+
+
+def _optimizer(config: ml_collections.ConfigDict, learning_rate: optax.Schedule) -> optax.GradientTransformation:
     opt = config.optimizer
-    learning_rate = create_learning_rate_schedule(config, steps_per_epoch)
     if opt.name == "adam":
         update = optax.adam(learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps)
     elif opt.name == "sgd":

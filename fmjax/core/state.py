@@ -6,6 +6,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -65,6 +66,11 @@ class ModelState:
         if self.batch_stats:
             variables["batch_stats"] = self.batch_stats
         return variables
+
+
+def step_number(state: Any) -> int:
+    """The updates applied to `state` (a TrainState, or a population's, whose members all share it), on the host."""
+    return int(np.ravel(jax.device_get(state.step))[0])
 
 
 def create_train_state(

@@ -8,7 +8,7 @@ them into the model's input inside the compiled step.
 """
 
 import dataclasses
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import jax.numpy as jnp
 import numpy as np
@@ -147,12 +147,15 @@ class Dataset:
             process_count=process_count,
         )
 
-    def prepare(self, batch: dict, epoch: Optional[jnp.ndarray] = None) -> dict:
-        """The model's input from a batch of pixels, as this data set's config says (see prepare_batch)."""
+    def prepare(self, batch: dict, epoch: Optional[jnp.ndarray] = None, seed: Any = None) -> dict:
+        """The model's input from a batch of pixels, as this data set's config says (see prepare_batch).
+
+        `seed` (a population member's) replaces the data set's for the augmentation.
+        """
         return prepare_batch(
             batch,
             epoch,
-            seed=self.seed,
+            seed=self.seed if seed is None else seed,
             augmentation=self.augmentation,
             pixel_mean=self.pixel_mean,
             pixel_std=self.pixel_std,

@@ -17,6 +17,7 @@ import ml_collections
 from fmjax.core import steps
 from fmjax.core.batch_size import check_global_batch_size
 from fmjax.core.losses import get_loss
+from fmjax.core.population import is_population, population_members
 from fmjax.errors import UserError
 from fmjax.parallel.interface import DataParallel, Prepare, drop_index
 from fmjax.parallel.mesh import mesh_data_parallel
@@ -36,6 +37,7 @@ def make_data_parallel(
     shard_params: bool = False,
     shard_params_min_size: int = 0,
     devices: Optional[Sequence[jax.Device]] = None,
+    member_seeds: Optional[Sequence[int]] = None,
 ) -> DataParallel:
     """Builds the data-parallel steps for `mode` ("pmap" or "jit") on every device of every process.
 
@@ -56,6 +58,8 @@ def make_data_parallel(
         elements stay replicated.
       devices: "jit" only: the devices to run on (a TPU topology's, to
         compile for a slice this machine does not have); all devices when None.
+      member_seeds: for a population's state (a leading member axis), each
+        member's seed, for its augmentation (see per_device_steps).
     """
     step_options = {"check_finite": check_finite, "grad_accum_steps": grad_accum_steps}
     if mode == "pmap":
@@ -64,10 +68,17 @@ def make_data_parallel(
                 "config.shard_params needs config.parallel='jit' (pmap keeps a whole copy "
                 "on every device); set --config.parallel=jit or --config.shard_params=False"
             )
-        return pmap_data_parallel(loss_fn, eval_loss_fn or loss_fn, prepare, step_options)
+        return pmap_data_parallel(loss_fn, eval_loss_fn or loss_fn, prepare, step_options, member_seeds)
     if mode == "jit":
         return mesh_data_parallel(
-            loss_fn, eval_loss_fn or loss_fn, prepare, step_options, shard_params, shard_params_min_size, devices
+            loss_fn,
+            eval_loss_fn or loss_fn,
+            prepare,
+            step_options,
+            shard_params,
+            shard_params_min_size,
+            devices,
+            member_seeds,
         )
     raise UserError(f"config.parallel is {mode!r}; use one of {', '.join(PARALLEL_MODES)}")
 
@@ -93,6 +104,7 @@ def parallel_from_config(
         shard_params=config.shard_params,
         shard_params_min_size=config.shard_params_min_size,
         devices=devices,
+        member_seeds=[member.seed for member in population_members(config)] if is_population(config) else None,
     )
     check_global_batch_size(
         config.batch_size,

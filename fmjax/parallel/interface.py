@@ -96,33 +96,72 @@ def per_device_steps(
     step_options: dict,
     axis_name: Optional[str],
     constrain_batch: Callable[[dict], dict] = lambda batch: batch,
+    member_seeds: Optional[Sequence[int]] = None,
 ):
-    """The per-device train step, train loop, eval step and eval loop, before pmap or jit."""
+    """The per-device train step, train loop, eval step and eval loop, before pmap or jit.
 
-    def train_step(state, batch, epoch):
-        batch = prepare(constrain_batch(batch), epoch)
+    With `member_seeds` the state is a population's (fmjax.core.population):
+    every leaf has a leading member axis, each step runs every member (jax.vmap),
+    a member's augmentation is drawn from its own seed, and the train loop's
+    indices are [rows, batch, member], each member's batch gathered by its own
+    order. Metrics then hold one value per member.
+    """
+
+    def member_train_step(state, batch, epoch, seed=None):
+        batch = constrain_batch(batch)
+        batch = prepare(batch, epoch) if seed is None else prepare(batch, epoch, seed=seed)
         return steps.train_step(
             state, batch, loss_fn=loss_fn, axis_name=axis_name, **step_options
         )
 
+    def member_eval_step(state, batch):
+        return steps.eval_step(state, prepare(constrain_batch(batch), None), loss_fn=eval_loss_fn)
+
     def gathered(data, rows, extra):
         return {"image": data["image"][rows], "label": data["label"][rows], "index": rows, **extra}
 
+    if member_seeds is None:
+        shape = ()
+
+        def train_step(state, batch, epoch):
+            return member_train_step(state, batch, epoch)
+
+        def loop_step(state, data, rows, epoch):
+            return member_train_step(state, gathered(data, rows, {}), epoch)
+
+        def all_eval_step(state, batch):
+            return member_eval_step(state, batch)
+    else:
+        seeds = np.asarray(member_seeds, np.int32)
+        shape = seeds.shape
+
+        def train_step(state, batch, epoch):
+            return jax.vmap(member_train_step, in_axes=(0, None, None, 0))(state, batch, epoch, seeds)
+
+        def loop_step(state, data, rows, epoch):
+            def one(member_state, member_rows, seed):
+                return member_train_step(member_state, gathered(data, member_rows, {}), epoch, seed)
+
+            return jax.vmap(one, in_axes=(0, 1, 0))(state, rows, seeds)
+
+        def all_eval_step(state, batch):
+            return jax.vmap(member_eval_step, in_axes=(0, None))(state, batch)
+
     def train_loop(state, data, indices, epoch, start, count):
         num_rows = indices.shape[0]
-        metrics = {"loss": jnp.zeros(num_rows), "accuracy": jnp.zeros(num_rows)}
+        metrics = {"loss": jnp.zeros((num_rows, *shape)), "accuracy": jnp.zeros((num_rows, *shape))}
         if step_options["check_finite"]:
-            metrics["finite"] = jnp.ones(num_rows, bool)
+            metrics["finite"] = jnp.ones((num_rows, *shape), bool)
 
         def body(i, carry):
             state, metrics = carry
-            state, step_metrics = train_step(state, gathered(data, indices[i], {}), epoch)
+            state, step_metrics = loop_step(state, data, indices[i], epoch)
             return state, {k: metrics[k].at[i].set(step_metrics[k]) for k in metrics}
 
         return jax.lax.fori_loop(start, start + count, body, (state, metrics))
 
     def eval_step(state, batch):
-        sums = steps.eval_step(state, prepare(constrain_batch(batch), None), loss_fn=eval_loss_fn)
+        sums = all_eval_step(state, batch)
         return jax.lax.psum(sums, axis_name) if axis_name else sums
 
     def eval_loop(state, data, indices, masks):

@@ -66,6 +66,7 @@ def mesh_data_parallel(
     shard_params: bool,
     min_size: int,
     devices: Optional[Sequence[jax.Device]] = None,
+    member_seeds: Optional[Sequence[int]] = None,
 ) -> DataParallel:
     """The DataParallel of jit over a Mesh; see fmjax.parallel.data_parallel.make_data_parallel for the arguments."""
     mesh = global_mesh(devices)
@@ -108,6 +109,7 @@ def mesh_data_parallel(
         step_options,
         axis_name=None,
         constrain_batch=lambda batch: constrain(batch, batch_sharding),
+        member_seeds=member_seeds,
     )
 
     def sharded_train_step(state, batch, epoch):

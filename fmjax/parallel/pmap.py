@@ -7,7 +7,7 @@ inside the step. The single-copy state is a global array replicated on
 every device.
 """
 
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,14 +26,18 @@ from fmjax.parallel.interface import (
 
 
 def pmap_data_parallel(
-    loss_fn: steps.LossFn, eval_loss_fn: steps.LossFn, prepare: Prepare, step_options: dict
+    loss_fn: steps.LossFn,
+    eval_loss_fn: steps.LossFn,
+    prepare: Prepare,
+    step_options: dict,
+    member_seeds: Optional[Sequence[int]] = None,
 ) -> DataParallel:
     """The DataParallel of pmap; see fmjax.parallel.data_parallel.make_data_parallel for the arguments."""
     num_local = jax.local_device_count()
     mesh = global_mesh()
     replicated = NamedSharding(mesh, PartitionSpec())
     train_step, train_loop, eval_step, eval_loop = per_device_steps(
-        loss_fn, eval_loss_fn, prepare, step_options, axis_name=DATA_AXIS
+        loss_fn, eval_loss_fn, prepare, step_options, axis_name=DATA_AXIS, member_seeds=member_seeds
     )
     # Scalars (epoch, start, count) are the same on every device.
     train = jax.pmap(train_step, DATA_AXIS, in_axes=(0, 0, None), donate_argnums=(0,))

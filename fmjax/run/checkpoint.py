@@ -27,6 +27,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from fmjax.core.state import step_number
 from fmjax.errors import UserError, WriteFailure
 from fmjax.run import files, rundir
 from fmjax.run.checkpoint_shapes import check_state_matches
@@ -145,7 +146,7 @@ def save_checkpoint(manager: ocp.CheckpointManager, state: Any, meta: dict) -> N
     Raises:
       CheckpointWriteError: this write (or the one before it) failed.
     """
-    step = int(jax.device_get(state.step))
+    step = step_number(state)
     raise_if_save_failed(manager)
     with _in_flight_lock:
         previous = _step_in_flight.pop(id(manager), None)

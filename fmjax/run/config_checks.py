@@ -127,6 +127,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     """
     check = _Checker(config)
     check.integer("seed", 0)
+    check.integer("num_seeds", 1)
+    check.sequence(
+        "sweep.learning_rates", lambda r: _is_number(r) and r > 0, "use a list of rates, each above 0"
+    )
     check.integer("num_epochs", 1)
     check.integer("batch_size", 1)
     check.integer("grad_accum_steps", 1)

@@ -16,7 +16,7 @@ run's spikes never trip it. 0 turns it off.
 """
 
 import math
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 
 class NonFiniteError(Exception):
@@ -87,15 +87,27 @@ def first_grown_step(losses: list[float], first_step: int, limit: float) -> Opti
 class HealthCheck:
     """Checks each call's steps before anything of them is saved; remembers the run's first loss.
 
+    A population's members are checked each on its own: the first to go bad
+    stops the run, and the error names it.
+
     Args:
       halt_on_nonfinite: stop at a step whose "finite" flag is False.
       growth_factor: config.halt_on_loss_growth (0: off).
-      first_loss: the run's first training loss, when a checkpoint recorded it.
+      first_loss: the run's first training loss (per member for a population),
+        when a checkpoint recorded it.
+      members: a population's (seed, learning rate) per member; None for an ordinary run.
     """
 
-    def __init__(self, halt_on_nonfinite: bool, growth_factor: float, first_loss: Optional[float]):
+    def __init__(
+        self,
+        halt_on_nonfinite: bool,
+        growth_factor: float,
+        first_loss: Any,
+        members: Optional[Sequence[tuple[int, float]]] = None,
+    ):
         self._halt_on_nonfinite = halt_on_nonfinite
         self._growth_factor = growth_factor
+        self._members = members
         self.first_loss = first_loss
 
     def check(
@@ -108,16 +120,29 @@ class HealthCheck:
           first_step: the step number (updates applied) after step_metrics[0].
           newest_checkpoint, directory: named in the error, for the user to go back to.
         """
+        if not step_metrics:
+            return
+        if self._members is None:
+            self.first_loss = self._check_one(step_metrics, first_step, newest_checkpoint, directory, self.first_loss)
+            return
+        first = list(self.first_loss) if self.first_loss is not None else [None] * len(self._members)
+        for index, (seed, rate) in enumerate(self._members):
+            member_metrics = [{key: value[index] for key, value in metrics.items()} for metrics in step_metrics]
+            try:
+                first[index] = self._check_one(member_metrics, first_step, newest_checkpoint, directory, first[index])
+            except (NonFiniteError, LossGrowthError) as error:
+                error.args = (f"member {index} (seed {seed}, learning rate {rate:g}): {error.args[0]}",)
+                raise
+        self.first_loss = first
+
+    def _check_one(self, step_metrics, first_step, newest_checkpoint, directory, first_loss):
         bad_step = first_nonfinite_step(step_metrics, first_step)
         if self._halt_on_nonfinite and bad_step is not None:
             raise NonFiniteError(bad_step, newest_checkpoint, directory)
         losses = [float(metrics["loss"]) for metrics in step_metrics]
-        if self.first_loss is None and losses:
-            self.first_loss = losses[0]
-        if self.first_loss is None:
-            return
-        grown = first_grown_step(losses, first_step, loss_limit(self.first_loss, self._growth_factor))
+        if first_loss is None:
+            first_loss = losses[0]
+        grown = first_grown_step(losses, first_step, loss_limit(first_loss, self._growth_factor))
         if grown is not None:
-            raise LossGrowthError(
-                *grown, self.first_loss, self._growth_factor, newest_checkpoint, directory
-            )
+            raise LossGrowthError(*grown, first_loss, self._growth_factor, newest_checkpoint, directory)
+        return first_loss

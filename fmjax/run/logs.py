@@ -2,12 +2,15 @@
 
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
+import numpy as np
 import tqdm
 
+from fmjax.core.population import Member
 from fmjax.run import rundir
+from fmjax.run.record import TrainSums
 from fmjax.run.tensorboard import EpochSummaries
 
 
@@ -70,6 +73,73 @@ class Progress:
             self._epoch = -1
 
 
+def epoch_record(
+    epoch: int,
+    step: int,
+    train_sums: TrainSums,
+    test: Any,
+    images_per_second: float,
+    members: Optional[Sequence[Member]] = None,
+) -> dict[str, Any]:
+    """An epoch's metrics.jsonl record.
+
+    For a population (`members`, and `test` a list of test_metrics per member)
+    the record holds each member's losses and accuracies under "members", the
+    mean and standard deviation of test accuracy over the seeds of each rate
+    under "by_learning_rate", "best_member" (the index of the best test
+    accuracy), and at the top level the means over the members; images per
+    second count every member's images.
+    """
+    train_loss, train_accuracy = train_sums.means()
+    if members is None:
+        return {
+            "epoch": epoch,
+            "step": step,
+            "train_loss": float(train_loss),
+            "train_accuracy": float(train_accuracy),
+            "test_loss": test["loss"],
+            "test_accuracy": test["accuracy"],
+            "images_per_second": images_per_second,
+        }
+    rows = [
+        {
+            "seed": member.seed,
+            "learning_rate": member.learning_rate,
+            "train_loss": float(train_loss[index]),
+            "train_accuracy": float(train_accuracy[index]),
+            "test_loss": test[index]["loss"],
+            "test_accuracy": test[index]["accuracy"],
+        }
+        for index, member in enumerate(members)
+    ]
+    by_rate = []
+    for rate in dict.fromkeys(member.learning_rate for member in members):
+        accuracies = np.asarray([row["test_accuracy"] for row in rows if row["learning_rate"] == rate])
+        by_rate.append(
+            {
+                "learning_rate": rate,
+                "seeds": len(accuracies),
+                "test_accuracy_mean": float(accuracies.mean()),
+                # Over seeds, as error bars: the sample standard deviation.
+                "test_accuracy_std": float(accuracies.std(ddof=1)) if len(accuracies) > 1 else 0.0,
+            }
+        )
+    return {
+        "epoch": epoch,
+        "step": step,
+        **{key: float(np.mean([row[key] for row in rows])) for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy")},
+        "images_per_second": images_per_second,
+        "members": rows,
+        "by_learning_rate": by_rate,
+        "best_member": int(np.argmax([row["test_accuracy"] for row in rows])),
+    }
+
+
+def member_tag(row: dict[str, Any]) -> str:
+    """A population member's name in TensorBoard: its seed and rate."""
+    return f"seed_{row['seed']}_lr_{row['learning_rate']:g}"
+
+
 class EpochRecords:
     """Each finished epoch's record: a line on the console, one in metrics.jsonl, TensorBoard scalars."""
 
@@ -79,26 +149,42 @@ class EpochRecords:
         self._summaries = EpochSummaries(workdir) if is_logging_process() else None
 
     def write(self, record: dict[str, Any], learning_rate: float) -> None:
-        log(
-            f"epoch {record['epoch']}/{self._num_epochs}  step {record['step']}  "
-            f"train loss {record['train_loss']:.4f}  train acc {record['train_accuracy']:.2%}  "
-            f"test loss {record['test_loss']:.4f}  test acc {record['test_accuracy']:.2%}  "
-            f"{record['images_per_second']:.0f} images/s"
-        )
+        head = f"epoch {record['epoch']}/{self._num_epochs}  step {record['step']}  "
+        if "members" not in record:
+            log(
+                f"{head}train loss {record['train_loss']:.4f}  train acc {record['train_accuracy']:.2%}  "
+                f"test loss {record['test_loss']:.4f}  test acc {record['test_accuracy']:.2%}  "
+                f"{record['images_per_second']:.0f} images/s"
+            )
+        else:
+            best = record["best_member"]
+            log(
+                f"{head}{len(record['members'])} members: mean train loss {record['train_loss']:.4f}  "
+                f"mean test acc {record['test_accuracy']:.2%}  best {record['members'][best]['test_accuracy']:.2%} "
+                f"(member {best}, {member_tag(record['members'][best])})  "
+                f"{record['images_per_second']:.0f} member-images/s"
+            )
+            for rate in record["by_learning_rate"]:
+                log(
+                    f"  learning rate {rate['learning_rate']:g}: test acc {rate['test_accuracy_mean']:.2%} "
+                    f"± {rate['test_accuracy_std']:.2%} over {rate['seeds']} seed(s)"
+                )
         if self._summaries is None:
             return
         rundir.append_metrics(self._workdir, record)
-        self._summaries.write(
-            record["step"],
-            {
-                "train/loss": record["train_loss"],
-                "train/accuracy": record["train_accuracy"],
-                "test/loss": record["test_loss"],
-                "test/accuracy": record["test_accuracy"],
-                "learning_rate": learning_rate,
-                "images_per_second": record["images_per_second"],
-            },
-        )
+        scalars = {
+            "train/loss": record["train_loss"],
+            "train/accuracy": record["train_accuracy"],
+            "test/loss": record["test_loss"],
+            "test/accuracy": record["test_accuracy"],
+            "learning_rate": learning_rate,
+            "images_per_second": record["images_per_second"],
+        }
+        for row in record.get("members", []):
+            for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+                split, metric = key.split("_")
+                scalars[f"{split}/{metric}/{member_tag(row)}"] = row[key]
+        self._summaries.write(record["step"], scalars)
 
     def close(self) -> None:
         if self._summaries is not None:

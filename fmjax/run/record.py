@@ -1,7 +1,9 @@
 """What a checkpoint records besides the arrays, and the epoch's running train sums it carries."""
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Optional, Union
+
+import numpy as np
 
 from fmjax.run import identity as run_identity
 
@@ -14,27 +16,29 @@ class TrainSums:
     same whether or not the run stopped inside it.
     """
 
-    loss: float = 0.0
-    accuracy: float = 0.0
+    loss: Union[float, list[float]] = 0.0
+    accuracy: Union[float, list[float]] = 0.0
     steps: int = 0
 
     def plus(self, step_metrics: list[dict]) -> "TrainSums":
         """These sums with host copies of consecutive steps' metrics added.
 
         One step at a time, in float64, so the same steps give the same sums
-        however they were split between calls.
+        however they were split between calls. A population's metrics hold
+        one value per member, and so do its sums.
         """
-        loss, accuracy = self.loss, self.accuracy
+        loss, accuracy = np.asarray(self.loss, np.float64), np.asarray(self.accuracy, np.float64)
         for metrics in step_metrics:
-            loss += float(metrics["loss"])
-            accuracy += float(metrics["accuracy"])
-        return TrainSums(loss, accuracy, self.steps + len(step_metrics))
+            loss = loss + np.asarray(metrics["loss"], np.float64)
+            accuracy = accuracy + np.asarray(metrics["accuracy"], np.float64)
+        return TrainSums(loss.tolist(), accuracy.tolist(), self.steps + len(step_metrics))
 
-    def means(self) -> tuple[float, float]:
-        """(train loss, train accuracy) over the steps summed; NaN for none."""
+    def means(self) -> tuple[np.ndarray, np.ndarray]:
+        """(train loss, train accuracy) over the steps summed, per member for a population; NaN for none."""
         if not self.steps:
-            return float("nan"), float("nan")
-        return self.loss / self.steps, self.accuracy / self.steps
+            nan = np.full(np.shape(self.loss), np.nan)
+            return nan, nan
+        return np.asarray(self.loss) / self.steps, np.asarray(self.accuracy) / self.steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +52,12 @@ class CheckpointRecord:
       train_sums: the sums of epoch `epoch`'s steps so far.
       class_names: the classes the model's outputs mean, in order.
       image_size: the side, in pixels, of the images it trained on.
-      first_loss: the run's first training loss (see fmjax.run.divergence).
+      first_loss: the run's first training loss (see fmjax.run.divergence),
+        per member for a population.
       identity: the config and data that define the run (fmjax.run.identity).
+      best_member: a population's member of the best test accuracy at the
+        last epoch logged, an index into the state's member axis; None for an
+        ordinary run or before the first epoch's end.
     """
 
     epoch: int
@@ -57,8 +65,9 @@ class CheckpointRecord:
     train_sums: TrainSums
     class_names: list[str]
     image_size: int
-    first_loss: Optional[float]
+    first_loss: Optional[Union[float, list[float]]]
     identity: dict[str, Any]
+    best_member: Optional[int] = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -69,6 +78,7 @@ class CheckpointRecord:
             "image_size": self.image_size,
             "first_loss": self.first_loss,
             run_identity.RECORD_KEY: self.identity,
+            "best_member": self.best_member,
         }
 
     @classmethod
@@ -81,4 +91,5 @@ class CheckpointRecord:
             image_size=meta.get("image_size"),
             first_loss=meta.get("first_loss"),
             identity=dict(meta.get(run_identity.RECORD_KEY, {})),
+            best_member=meta.get("best_member"),
         )

@@ -22,9 +22,11 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from fmjax.core.build import build
 from fmjax.core.optim import create_learning_rate_schedule
+from fmjax.core.state import step_number
 from fmjax.data import cache_placement, load_dataset
 from fmjax.parallel.data_parallel import parallel_from_config
 from fmjax.parallel.mesh import abstract_state
@@ -38,6 +40,7 @@ from fmjax.run.lock import hold_workdir
 from fmjax.run.logs import (
     EpochRecords,
     Progress,
+    epoch_record,
     images_per_second,
     is_logging_process,
     log,
@@ -111,13 +114,25 @@ def train_and_evaluate(
                 f"resumed from step {saved_step} in {manager.directory} "
                 f"(epoch {record.epoch + 1}, batch {record.next_batch})"
             )
-        step = int(jax.device_get(state.step))
+        step = step_number(state)
         epochs_logged = record.epoch if record else 0
         sums = record.train_sums if record else TrainSums()
-        health = HealthCheck(config.halt_on_nonfinite, config.halt_on_loss_growth, record and record.first_loss)
+        members = parts.members or None
+        if members:
+            log(f"a population of {len(members)} members: seeds and learning rates {[(m.seed, m.learning_rate) for m in members]}")
+        best_member = record.best_member if record else None
+        health = HealthCheck(
+            config.halt_on_nonfinite,
+            config.halt_on_loss_growth,
+            record.first_loss if record else None,
+            [(m.seed, m.learning_rate) for m in members] if members else None,
+        )
         device_state = parallel.put_state(state)
         del state
-        data = place_data(dataset, parallel, cache_placement(config, dataset), report=log)
+        member_seeds = [m.seed for m in members] if members else None
+        data = place_data(dataset, parallel, cache_placement(config, dataset), report=log, member_seeds=member_seeds)
+        # Images of every member count: a population's throughput is member-images per second.
+        images_per_step = config.batch_size * (len(members) if members else 1)
 
         # ---- Logs: config.json, metrics.jsonl cut back to the checkpoint, TensorBoard.
         if is_logging_process():
@@ -156,8 +171,8 @@ def train_and_evaluate(
                 health.check(host_metrics, step + 1, saved_step, str(manager.directory))
                 sums = sums.plus(host_metrics)
                 step += count
-                rate = images_per_second(timed_steps * config.batch_size, timed_seconds)
-                progress.update(step, count, sums.means()[0], rate)
+                rate = images_per_second(timed_steps * images_per_step, timed_seconds)
+                progress.update(step, count, float(np.mean(sums.means()[0])), rate)
                 ckpt.raise_if_save_failed(manager)
                 # Every process asks about every step, so several processes agree on the stop.
                 stop = any([should_stop(s) for s in range(step - count + 1, step + 1)])
@@ -165,16 +180,15 @@ def train_and_evaluate(
             if due.epoch_end and not stop:  # a stop leaves evaluating to the resumed run
                 progress.close()
                 test = data.evaluate(device_state, config.batch_size)
-                train_loss, train_accuracy = sums.means()
-                result = {
-                    "epoch": step // steps_per_epoch,
-                    "step": step,
-                    "train_loss": train_loss,
-                    "train_accuracy": train_accuracy,
-                    "test_loss": test["loss"],
-                    "test_accuracy": test["accuracy"],
-                    "images_per_second": images_per_second(timed_steps * config.batch_size, timed_seconds),
-                }
+                result = epoch_record(
+                    step // steps_per_epoch,
+                    step,
+                    sums,
+                    test,
+                    images_per_second(timed_steps * images_per_step, timed_seconds),
+                    members,
+                )
+                best_member = result.get("best_member")
                 records.write(result, float(learning_rate(step - 1)))
                 epochs_logged, sums, timed_seconds, timed_steps = step // steps_per_epoch, TrainSums(), 0.0, 0
             # The one save: after the epoch's line, so a checkpoint whose record says
@@ -188,6 +202,7 @@ def train_and_evaluate(
                     image_size=config.image_size,
                     first_loss=health.first_loss,
                     identity=identity,
+                    best_member=best_member,
                 )
                 ckpt.save_checkpoint(manager, parallel.get_state(device_state), record.to_json())
                 saved_step = step
@@ -196,5 +211,6 @@ def train_and_evaluate(
 
         if not result:  # the checkpoint already held a finished run
             test = data.evaluate(device_state, config.batch_size)
-            result = {"epoch": config.num_epochs, "step": saved_step, "test_loss": test["loss"], "test_accuracy": test["accuracy"]}
+            result = epoch_record(config.num_epochs, saved_step, TrainSums(), test, float("nan"), members)
+            result = {key: result[key] for key in ("epoch", "step", "test_loss", "test_accuracy", "members", "best_member") if key in result}
     return result
