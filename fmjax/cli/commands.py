@@ -125,6 +125,13 @@ def evaluate_main(argv: Sequence[str]) -> int:
     if jax.process_index() != 0:  # every process evaluates its share; process 0 reports
         return EXIT_OK
     path = rundir.write_eval(args.workdir, result)
+    for index, member in enumerate(result.get("members", [])):
+        print(
+            f"member {index} (seed {member['seed']}, learning rate {member['learning_rate']:g}): "
+            f"test accuracy {member['accuracy']:.2%}, loss {member['loss']:.4f}"
+        )
+    if "members" in result:
+        print(f"best: member {result['best_member']}")
     print(
         f"test accuracy: {result['accuracy']:.2%} over {result['num_examples']} examples, "
         f"loss {result['loss']:.4f}, step {result['step']} "
@@ -136,6 +143,11 @@ def evaluate_main(argv: Sequence[str]) -> int:
 def _predict_flags(flag_values: flags.FlagValues) -> None:
     _step_flag(flag_values)
     flags.DEFINE_integer("top_k", 3, "Classes listed per image.", flag_values=flag_values)
+    flags.DEFINE_integer(
+        "member", None,
+        "Of a population: the member to predict with (default: the best by test accuracy, as the run recorded it).",
+        flag_values=flag_values,
+    )
     flags.DEFINE_integer("batch_size", 64, "Images per forward pass.", flag_values=flag_values)
     flags.DEFINE_bool(
         "json", False, 'Print a JSON list of {"path", "predictions": [{"class", "probability"}]}.', flag_values=flag_values
@@ -155,7 +167,7 @@ def predict_main(argv: Sequence[str]) -> int:
     from fmjax.tools.predict import find_image_paths, format_predictions, load_predictor
 
     paths = find_image_paths(args.inputs, warn=lambda line: print(line, file=sys.stderr))
-    predictor = load_predictor(args.workdir, args.flags.step, args.flags.batch_size)
+    predictor = load_predictor(args.workdir, args.flags.step, args.flags.batch_size, args.flags.member)
     results = predictor.predict(paths, args.flags.top_k)
     print(json.dumps(results, indent=2) if args.flags.json else format_predictions(results))
     return EXIT_OK

@@ -136,7 +136,7 @@ def mesh_data_parallel(
     def put_indices(rows):
         if one_device:
             return jax.device_put(rows, replicated)
-        global_shape = (rows.shape[0], rows.shape[1] * jax.process_count())
+        global_shape = (rows.shape[0], rows.shape[1] * jax.process_count(), *rows.shape[2:])
         return jax.make_array_from_process_local_data(rows_sharding, rows, global_shape)
 
     return DataParallel(

@@ -48,7 +48,7 @@ def _restore_or_name_damage(manager: ocp.CheckpointManager, step: int, restore: 
         ) from error
 
 
-def restore_params(workdir: str, step: Optional[int] = None) -> Any:
+def restore_params(workdir: str, step: Optional[int] = None, member: Optional[int] = None) -> Any:
     """The trained params of the run in `workdir`, as numpy arrays, for research code.
 
     Reads only the params (not the optimizer state) and needs no config: the
@@ -57,17 +57,36 @@ def restore_params(workdir: str, step: Optional[int] = None) -> Any:
     Args:
       workdir: a run directory written by train.py.
       step: the checkpoint's step; the latest when None.
+      member: of a population (config.num_seeds, config.sweep), the member
+        whose params to return; None returns every member's, each leaf with
+        a leading member axis.
 
     Returns:
       The params pytree, e.g. {"conv1": {"kernel", "bias"}, "fc1": ..., "fc2": ...}.
     """
-    return restore_params_at(workdir, step)[1]
+    return restore_params_at(workdir, step, member)[1]
 
 
-def restore_params_at(workdir: str, step: Optional[int] = None) -> tuple[int, Any]:
+def restore_params_at(workdir: str, step: Optional[int] = None, member: Optional[int] = None) -> tuple[int, Any]:
     """Like restore_params, and also the step it read: (step, params)."""
     step, variables = restore_variables_at(workdir, step)
+    if member is not None:
+        variables = member_variables(variables, read_meta(workdir, step)[1], member, f"the checkpoint at step {step} in {workdir}")
     return step, variables["params"]
+
+
+def member_variables(variables: Any, meta: dict, member: int, where: str) -> Any:
+    """Member `member`'s part of a population's variables (those of `meta`'s checkpoint).
+
+    Raises:
+      UserError: the checkpoint is not a population's, or has no such member.
+    """
+    members = meta.get("members")
+    if not members:
+        raise UserError(f"{where} is an ordinary run's, not a population's; leave out the member")
+    if not 0 <= member < len(members):
+        raise UserError(f"{where} has members 0 to {len(members) - 1}; member {member} is not one of them")
+    return jax.tree.map(lambda leaf: leaf[member], variables)
 
 
 def restore_variables_at(workdir: str, step: Optional[int] = None) -> tuple[int, dict]:

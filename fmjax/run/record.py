@@ -58,6 +58,8 @@ class CheckpointRecord:
       best_member: a population's member of the best test accuracy at the
         last epoch logged, an index into the state's member axis; None for an
         ordinary run or before the first epoch's end.
+      members: a population's [seed, learning rate] per member, in the order
+        of the state's member axis; None for an ordinary run.
     """
 
     epoch: int
@@ -68,6 +70,7 @@ class CheckpointRecord:
     first_loss: Optional[Union[float, list[float]]]
     identity: dict[str, Any]
     best_member: Optional[int] = None
+    members: Optional[list[list[float]]] = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -79,6 +82,7 @@ class CheckpointRecord:
             "first_loss": self.first_loss,
             run_identity.RECORD_KEY: self.identity,
             "best_member": self.best_member,
+            "members": self.members,
         }
 
     @classmethod
@@ -92,4 +96,5 @@ class CheckpointRecord:
             first_loss=meta.get("first_loss"),
             identity=dict(meta.get(run_identity.RECORD_KEY, {})),
             best_member=meta.get("best_member"),
+            members=meta.get("members"),
         )

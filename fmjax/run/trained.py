@@ -1,15 +1,16 @@
 """A trained run, loaded from its directory alone: what evaluation, prediction and export need."""
 
 import dataclasses
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import flax.linen as nn
+import jax
 import ml_collections
 
 from fmjax.core.build import build
 from fmjax.errors import UserError
 from fmjax.run import rundir
-from fmjax.run.checkpoint_reads import read_meta, restore_variables_at
+from fmjax.run.checkpoint_reads import member_variables, read_meta, restore_variables_at
 from fmjax.run.checkpoint_shapes import check_params_match
 
 
@@ -27,6 +28,12 @@ class TrainedRun:
       image_size: images are resized to image_size x image_size pixels.
       pixel_mean, pixel_std: the per-channel normalisation after scaling to
         [0, 1], or None when the run trained on [0, 1] pixels.
+      member: of a population, the member whose params `variables` holds;
+        None for an ordinary run, or when `variables` holds every member's
+        (a leading member axis).
+      members: a population's [seed, learning rate] per member; None for an ordinary run.
+      best_member: the population's member of the best test accuracy when the
+        checkpoint was saved (None before the first epoch's end).
     """
 
     workdir: str
@@ -38,6 +45,9 @@ class TrainedRun:
     image_size: int
     pixel_mean: Optional[tuple[float, float, float]]
     pixel_std: Optional[tuple[float, float, float]]
+    member: Optional[int] = None
+    members: Optional[list] = None
+    best_member: Optional[int] = None
 
     @property
     def where(self) -> str:
@@ -73,6 +83,7 @@ def load_trained(
     step: Optional[int] = None,
     config: Optional[ml_collections.ConfigDict] = None,
     data_classes: Optional[Sequence[str]] = None,
+    member: Union[int, str, None] = "best",
 ) -> TrainedRun:
     """The run in `workdir` with the params of its checkpoint at `step` (the latest when None).
 
@@ -84,6 +95,9 @@ def load_trained(
       config: the config to build the model from; the run's config.json when None.
       data_classes: the classes of the data the caller will use; checked, with
         config.image_size, against the checkpoint's before its arrays are read.
+      member: of a population: a member's index, "best" (the member of the
+        best test accuracy, as the run recorded it) or None (every member,
+        each leaf with a leading member axis). Ignored for an ordinary run.
 
     Raises:
       UserError: the folder, its config.json or the checkpoint is missing or
@@ -95,9 +109,19 @@ def load_trained(
     class_names = list(meta["class_names"])
     check_same_classes(meta, class_names if data_classes is None else data_classes, config.image_size, where)
     step, variables = restore_variables_at(workdir, step)
+    members, best = meta.get("members"), meta.get("best_member")
+    if not members:
+        member = None
+    elif member == "best":
+        member = best if best is not None else 0
+    if member is not None:
+        variables = member_variables(variables, meta, member, where)
     image_size = int(meta["image_size"])
     parts = build(config, len(class_names), (image_size, image_size, 3))
-    check_params_match(variables["params"], parts.abstract_variables()["params"], where)
+    expected = parts.abstract_variables()["params"]
+    if members and member is None:  # every member's: a leading member axis
+        expected = jax.tree.map(lambda x: jax.ShapeDtypeStruct((len(members), *x.shape), x.dtype), expected)
+    check_params_match(variables["params"], expected, where)
     normalize = config.data.normalize
     return TrainedRun(
         workdir=workdir,
@@ -109,5 +133,8 @@ def load_trained(
         image_size=image_size,
         pixel_mean=tuple(map(float, config.data.mean)) if normalize else None,
         pixel_std=tuple(map(float, config.data.std)) if normalize else None,
+        member=member,
+        members=members,
+        best_member=best,
     )
 

@@ -203,6 +203,7 @@ def train_and_evaluate(
                     first_loss=health.first_loss,
                     identity=identity,
                     best_member=best_member,
+                    members=[[m.seed, m.learning_rate] for m in members] if members else None,
                 )
                 ckpt.save_checkpoint(manager, parallel.get_state(device_state), record.to_json())
                 saved_step = step

@@ -72,17 +72,32 @@ def evaluate_checkpoint(
     Returns:
       {"step", "accuracy", "loss", "num_examples", "per_class_accuracy" (a
       list, NaN for a class with no test example), "confusion_matrix" (a list
-      of lists, rows are true labels), "figures" (the PNGs written)}.
+      of lists, rows are true labels), "figures" (the PNGs written)}. For a
+      population every member is evaluated: "members" lists each one's
+      {"seed", "learning_rate", "accuracy", "loss"}, "best_member" is the
+      index of the best accuracy, and the other keys are the best member's.
     """
     config = rundir.read_config(workdir) if config is None else config
     dataset = load_dataset(config)
     parallel = parallel_from_config(config, prepare=dataset.prepare)
-    trained = load_trained(workdir, step, config, data_classes=dataset.class_names)
+    trained = load_trained(workdir, step, config, data_classes=dataset.class_names, member=None)
     step, model, variables = trained.step, trained.model, trained.variables
     state = ModelState(
         params=variables["params"], batch_stats=variables.get("batch_stats", {}), apply_fn=model.apply
     )
-    result = evaluate(parallel, parallel.put_state(state), dataset, config.batch_size)
+    population = trained.members is not None
+    result = evaluate(parallel, parallel.put_state(state), dataset, config.batch_size, population)
+    members = {}
+    if population:
+        best = int(np.argmax([member["accuracy"] for member in result]))
+        members = {
+            "members": [
+                {"seed": seed, "learning_rate": rate, "accuracy": member["accuracy"], "loss": member["loss"]}
+                for (seed, rate), member in zip(trained.members, result)
+            ],
+            "best_member": best,
+        }
+        result, variables = result[best], jax.tree.map(lambda leaf: leaf[best], variables)
     confusion = result["confusion_matrix"]
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.diag(confusion) / confusion.sum(axis=1)
@@ -113,4 +128,5 @@ def evaluate_checkpoint(
         "per_class_accuracy": [float(a) for a in per_class],
         "confusion_matrix": confusion.tolist(),
         "figures": figures,
+        **members,
     }

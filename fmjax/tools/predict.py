@@ -187,13 +187,17 @@ class Predictor:
         ]
 
 
-def load_predictor(workdir: str, step: Optional[int] = None, batch_size: int = 64) -> Predictor:
+def load_predictor(
+    workdir: str, step: Optional[int] = None, batch_size: int = 64, member: Optional[int] = None
+) -> Predictor:
     """A Predictor for the run in `workdir`, with the params of its checkpoint at `step`.
 
     Args:
       workdir: a run directory written by train.py (config.json and checkpoints/).
       step: the checkpoint's step; the latest when None.
       batch_size: images per forward pass, at least 1.
+      member: of a population, the member to predict with; the best by test
+        accuracy (as the run recorded it) when None.
 
     Raises:
       UserError: the folder, its config.json or the checkpoint is missing, or
@@ -201,7 +205,7 @@ def load_predictor(workdir: str, step: Optional[int] = None, batch_size: int = 6
     """
     if batch_size < 1:
         raise UserError(f"batch size {batch_size} must be at least 1")
-    trained = load_trained(workdir, step)
+    trained = load_trained(workdir, step, member="best" if member is None else member)
     return Predictor(
         variables=jax.device_put(trained.variables),
         logits_fn=jax.jit(trained.model.apply),
