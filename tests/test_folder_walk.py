@@ -1,9 +1,11 @@
 """The one folder walk: links followed, each real folder walked once, each real file listed once, nothing opened."""
 
+import errno
 import os
 
 import pytest
 
+from fmjax.data import folder_walk
 from fmjax.data.folder_walk import UNREADABLE, path_kind, walk_image_files
 
 
@@ -67,18 +69,28 @@ def test_path_kind_reads_the_type_without_opening(tree):
     assert path_kind(str(tree / "loop.png")) == "a symbolic link loop"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every folder")
-def test_unlistable_folders_and_unreadable_entries_are_recorded(tmp_path):
+def test_unlistable_folders_and_unreadable_entries_are_recorded(tmp_path, monkeypatch):
     (tmp_path / "locked").mkdir()
     (tmp_path / "listed_only").mkdir()
     (tmp_path / "listed_only" / "e.png").write_bytes(b"x")
-    os.chmod(tmp_path / "locked", 0)
-    os.chmod(tmp_path / "listed_only", 0o444)  # names readable, types not
-    try:
-        walk = walk_image_files(str(tmp_path))
-    finally:
-        os.chmod(tmp_path / "locked", 0o755)
-        os.chmod(tmp_path / "listed_only", 0o755)
+    # Permission errors as a non-root user meets them (root reads every folder, so they are raised here).
+    denied = OSError(errno.EACCES, os.strerror(errno.EACCES))
+    real_scandir, real_stat = folder_walk.os.scandir, folder_walk.os.stat
+
+    def scandir(path):
+        if os.path.basename(path) == "locked":
+            raise denied
+        return real_scandir(path)
+
+    def stat(path, *args, **kwargs):
+        if os.path.basename(path) == "e.png":
+            raise denied
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(folder_walk.os, "scandir", scandir)
+    monkeypatch.setattr(folder_walk.os, "stat", stat)
+    walk = walk_image_files(str(tmp_path))
+    monkeypatch.undo()
     assert walk.unlisted == [(str(tmp_path / "locked"), "Permission denied")]
     (entry,) = walk.named_like_images
     assert (entry.path, entry.kind, entry.reason) == (
