@@ -1,8 +1,10 @@
 """train.py --dry_run counts parameters by hand-checkable numbers, for every config."""
 
+import dataclasses
 import glob
 import math
 import os
+import re
 
 import pytest
 
@@ -96,3 +98,95 @@ def test_a_batch_that_training_refuses_the_dry_run_refuses_with_the_same_line(ca
     assert capsys.readouterr().err.strip() == (
         "error: config.batch_size=12 does not divide by the 8 devices; set it to a multiple of 8"
     )
+
+
+POPULATION = ["--config.num_seeds=3", "--config.sweep.learning_rates=1e-3,3e-3", "--config.image_size=8", "--config.model.hidden=32"]
+
+
+def numbers(line):
+    """The integers of a printed line, in order (commas dropped)."""
+    return [int(n.replace(",", "")) for n in re.findall(r"\d[\d,]*", line)]
+
+
+def line_starting(out, prefix):
+    return next(line for line in out.splitlines() if line.startswith(prefix))
+
+
+def xla_population_bytes(argv, members):
+    """XLA's memory for the trainer's own population step (fmjax.parallel, jit on one device), compiled here."""
+    import jax
+    import numpy as np
+
+    from fmjax.cli.parsing import parse
+    from fmjax.core.build import build
+    from fmjax.data import prepare_fn
+    from fmjax.parallel.data_parallel import parallel_from_config
+
+    config = parse(["train.py", *argv], "", lambda flag_values: None).config
+    parallel = parallel_from_config(config, prepare_fn(config), devices=jax.devices()[:1])
+    state = jax.eval_shape(build(config, 10, (8, 8, 3)).init_state)
+    assert jax.tree.leaves(state)[0].shape[0] == members
+    per_device = config.batch_size // jax.device_count()
+    batch = {
+        "image": jax.ShapeDtypeStruct((per_device, 8, 8, 3), np.float32),
+        "label": jax.ShapeDtypeStruct((per_device,), np.int32),
+        "index": jax.ShapeDtypeStruct((per_device,), np.int32),
+    }
+    epoch = jax.ShapeDtypeStruct((), np.int32)
+    step = jax.jit(lambda s, b, e: parallel.train_step(s, b, e), donate_argnums=0)
+    memory = step.lower(state, batch, epoch).compile().memory_analysis()
+    return (
+        memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
+        - memory.alias_size_in_bytes
+    )
+
+
+def test_a_population_prints_its_step_memory_and_how_many_members_fit(capsys):
+    argv = ["--config", os.path.join(ROOT, "configs", "default.py"), *POPULATION]
+    out = dry_run(capsys, *argv)
+    ordinary = dry_run(capsys, "--config", os.path.join(ROOT, "configs", "default.py"), *POPULATION[2:])
+    # One member's lines are the ordinary run's.
+    assert out.splitlines()[0] == "one member of the population, as its own run:"
+    assert total_line(out) == total_line(ordinary)
+    assert "population: 6 members (3 seeds x 2 learning rates) in one vmapped train step" in out
+    # The population's memory is XLA's for the trainer's step, 8 examples per member on one of 8 devices.
+    step = line_starting(out, "population's train step on one device")
+    assert "(8 examples per member)" in step
+    assert numbers(step)[2] == xla_population_bytes(argv, members=6)
+    # The growth is the difference of the two compiles per member, rounded up; the fit follows from it.
+    one, one_bytes, six, six_bytes, per_member, shared = numbers(line_starting(out, "per member (estimate"))
+    assert (one, six, six_bytes) == (1, 6, numbers(step)[2])
+    assert per_member == math.ceil((six_bytes - one_bytes) / 5) and shared == one_bytes - per_member
+    assert 0 < shared < one_bytes
+    fit, usable, printed_shared, printed_per_member = numbers(line_starting(out, "members that fit one device: about"))
+    assert usable == int(0.9 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    assert (printed_shared, printed_per_member) == (shared, per_member)
+    assert fit == (usable - shared) // per_member > 6
+    assert out.splitlines()[-1] == "fits: yes"
+
+
+def test_a_population_of_one_member_measures_the_growth_from_two_and_pmap_plans_too(capsys):
+    out = dry_run(
+        capsys, "--config", os.path.join(ROOT, "configs", "default.py"), "--config.sweep.learning_rates=0.01",
+        "--config.image_size=8", "--config.model.hidden=32", "--config.parallel=pmap",
+    )
+    assert "population: 1 member (1 seed x 1 learning rate)" in out
+    one, one_bytes, two, two_bytes, per_member, _ = numbers(line_starting(out, "per member (estimate"))
+    assert (one, two) == (1, 2) and per_member == two_bytes - one_bytes > 0
+    assert numbers(line_starting(out, "population's train step on one device"))[2] == one_bytes
+
+
+def test_a_population_that_does_not_fit_says_how_many_members_would():
+    from fmjax.tools.population_plan import PopulationPlan, format_population
+
+    plan = PopulationPlan(
+        num_members=8, num_seeds=8, num_rates=1, step_memory_bytes=8_200, flops_per_step=1.0,
+        batch_per_device=8, reference_members=1, reference_bytes=1_200, usable_bytes=5_000,
+    )
+    assert (plan.bytes_per_member, plan.shared_bytes, plan.fits) == (1_000, 200, False)
+    assert plan.members_that_fit() == 4  # (5,000 - 200) // 1,000
+    lines = format_population(plan)
+    assert "about 4 (estimate: (5,000 B usable - 200 B shared) / 1,000 B per member, rounded down)" in lines[-2]
+    assert lines[-1].startswith("fits: no") and "num_seeds" in lines[-1]
+    unknown = format_population(dataclasses.replace(plan, usable_bytes=None))
+    assert unknown[-2].startswith("members that fit one device: unknown") and unknown[-1].startswith("fits: unknown")

@@ -3,6 +3,8 @@
 Nothing here allocates the model or reads data: the state comes from
 `jax.eval_shape`, and the train step is lowered and compiled for abstract
 inputs, so the seed's 1.55-billion-weight model can be planned on a laptop.
+A population's plan is one member's, as its own run, and then the
+population's step (fmjax.tools.population_plan).
 """
 
 import dataclasses
@@ -18,7 +20,15 @@ import numpy as np
 from fmjax.core.batch_size import per_device_batch_size
 from fmjax.core.build import build
 from fmjax.core.losses import get_loss
+from fmjax.core.population import is_population, member_config, population_members
 from fmjax.core.steps import train_step
+from fmjax.tools.population_plan import (
+    PopulationPlan,
+    compiled_population_step,
+    format_population,
+    member_seeds,
+    reference_seeds,
+)
 
 # Room left on a device for XLA's own buffers and fragmentation.
 USABLE_MEMORY_FRACTION = 0.9
@@ -42,6 +52,8 @@ class Plan:
       device_kind: what they are (e.g. "cpu", "TPU v4").
       device_memory_bytes: one device's memory where JAX reports it, else the
         host's memory for CPU devices, else None.
+      population: for a population, its step and the members that fit; the
+        fields above are then one member's, as its own run.
     """
 
     layers: list[tuple[str, int]]
@@ -56,6 +68,7 @@ class Plan:
     num_devices: int
     device_kind: str
     device_memory_bytes: Optional[int]
+    population: Optional[PopulationPlan] = None
 
     @property
     def state_bytes(self) -> int:
@@ -133,8 +146,12 @@ def plan_run(config: ml_collections.ConfigDict) -> Plan:
     `config.image_size` square with 3 channels. The step is compiled as one
     device runs it in data-parallel training: the whole state and
     `batch_size / device count` examples; a global batch that training
-    would refuse (fmjax.core.batch_size) is refused here too.
+    would refuse (fmjax.core.batch_size) is refused here too. A population
+    is planned as its first member's run, and its own step compiled beside.
     """
+    if is_population(config):
+        plan = plan_run(member_config(config, population_members(config)[0]))
+        return dataclasses.replace(plan, population=_plan_population(config, plan))
     num_devices = jax.device_count()
     batch_per_device = per_device_batch_size(config.batch_size, num_devices, config.grad_accum_steps)
     # The data's size is unknown here; a schedule's length does not change the step's cost.
@@ -146,13 +163,6 @@ def plan_run(config: ml_collections.ConfigDict) -> Plan:
         "label": jax.ShapeDtypeStruct((batch_per_device,), np.int32),
     }
     compiled = _compiled_step(config, state, batch)
-    memory = compiled.memory_analysis()
-    step_memory = (
-        memory.argument_size_in_bytes
-        + memory.output_size_in_bytes
-        + memory.temp_size_in_bytes
-        - memory.alias_size_in_bytes
-    )
     device = jax.devices()[0]
     layers = _layer_sizes(state.params)
     return Plan(
@@ -163,11 +173,41 @@ def plan_run(config: ml_collections.ConfigDict) -> Plan:
         optimizer_bytes=_nbytes(state.opt_state),
         activation_bytes=_activation_bytes(model, state, batch, config.grad_accum_steps),
         flops_per_step=xla_cost(compiled)["flops"],
-        step_memory_bytes=int(step_memory),
+        step_memory_bytes=_step_memory(compiled),
         batch_per_device=batch_per_device,
         num_devices=num_devices,
         device_kind=device.device_kind,
         device_memory_bytes=_device_memory(device),
+    )
+
+
+def _step_memory(compiled: Any) -> int:
+    """XLA's arguments, outputs and temporaries of a compiled step, less the buffers it reuses."""
+    memory = compiled.memory_analysis()
+    return int(
+        memory.argument_size_in_bytes
+        + memory.output_size_in_bytes
+        + memory.temp_size_in_bytes
+        - memory.alias_size_in_bytes
+    )
+
+
+def _plan_population(config: ml_collections.ConfigDict, member: Plan) -> PopulationPlan:
+    """`config`'s population step on one device beside another member count's, for the growth per member."""
+    seeds, reference = member_seeds(config), reference_seeds(config)
+    compiled = compiled_population_step(config, seeds, member.batch_per_device)
+    rates = len(config.sweep.learning_rates) or 1
+    memory = member.device_memory_bytes
+    return PopulationPlan(
+        num_members=len(seeds),
+        num_seeds=len(seeds) // rates,
+        num_rates=rates,
+        step_memory_bytes=_step_memory(compiled),
+        flops_per_step=xla_cost(compiled)["flops"],
+        batch_per_device=member.batch_per_device,
+        reference_members=len(reference),
+        reference_bytes=_step_memory(compiled_population_step(config, reference, member.batch_per_device)),
+        usable_bytes=None if memory is None else int(USABLE_MEMORY_FRACTION * memory),
     )
 
 
@@ -217,7 +257,8 @@ def _gb(num_bytes: float) -> str:
 def format_plan(plan: Plan) -> str:
     """The plan as the lines `train.py --dry_run` prints."""
     width = max(len(name) for name, _ in plan.layers + [("total", 0)])
-    lines = ["parameters per layer:"]
+    lines = ["one member of the population, as its own run:"] if plan.population else []
+    lines.append("parameters per layer:")
     lines += [f"  {name:<{width}}  {count:>15,}" for name, count in plan.layers]
     lines.append(f"  {'total':<{width}}  {plan.total_params:>15,}")
     lines += [
@@ -233,6 +274,8 @@ def format_plan(plan: Plan) -> str:
         f"{_gb(plan.device_memory_bytes)} each"
     )
     lines.append(f"devices: {plan.num_devices} x {plan.device_kind}, {memory}")
+    if plan.population:
+        return "\n".join(lines + format_population(plan.population))
     if plan.fits is None:
         lines.append("fits: unknown (the devices do not report their memory)")
     elif plan.fits:

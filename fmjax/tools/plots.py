@@ -9,7 +9,7 @@ pyplot, so no display is needed and no global figure list grows.
 import json
 import math
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -19,9 +19,11 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 from fmjax.errors import UserError
 from fmjax.run.rundir import METRICS_FILE
 
-# One entry per epoch, as the trainer writes metrics.jsonl.
-Records = list[dict[str, float]]
+# One entry per epoch, as the trainer writes metrics.jsonl; a population's
+# also holds "members", one dict per member with its seed, learning_rate and CURVE_KEYS.
+Records = list[dict[str, Any]]
 CURVE_KEYS = ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
+BAND_ALPHA = 0.18  # opacity of a population's min-to-max band
 DPI = 120  # dots per inch of the written PNGs
 
 
@@ -57,6 +59,14 @@ def read_metrics(run_dir: str) -> Records:
                     f"{path} line {line_number} is not an epoch record with epoch and "
                     f"{', '.join(CURVE_KEYS)}; fix or delete that line"
                 )
+            members = record.get("members", [])
+            if not isinstance(members, list) or not all(
+                isinstance(m, dict) and {"learning_rate", *CURVE_KEYS} <= m.keys() for m in members
+            ):
+                raise UserError(
+                    f"{path} line {line_number} has members without learning_rate and "
+                    f"{', '.join(CURVE_KEYS)}; fix or delete that line"
+                )
             records.append(record)
     if not records:
         raise UserError(f"{path} holds no epochs yet; let train.py finish an epoch first")
@@ -69,32 +79,60 @@ def run_labels(run_dirs: Sequence[str]) -> list[str]:
     return names if len(set(names)) == len(names) else [os.path.normpath(d) for d in run_dirs]
 
 
+def run_curves(label: str, records: Records) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """What one run draws: (legend label, CURVE_KEYS -> values [epochs, seeds]) per line.
+
+    An ordinary run gives one line of one seed; a population one line per
+    learning rate, rates and seeds in the members' order.
+    """
+    members = records[0].get("members")
+    if not members:
+        return [(label, {key: np.array([[r[key]] for r in records], np.float64) for key in CURVE_KEYS})]
+    lines = []
+    for rate in dict.fromkeys(member["learning_rate"] for member in members):
+        values = {
+            key: np.array([[m[key] for m in r["members"] if m["learning_rate"] == rate] for r in records], np.float64)
+            for key in CURVE_KEYS
+        }
+        lines.append((f"{label} lr {rate:g} ({values['test_loss'].shape[1]} seeds)", values))
+    return lines
+
+
 def learning_curves_figure(runs: dict[str, Records]) -> Figure:
     """Loss and accuracy against epoch, train solid and test dashed, one colour per run.
+
+    A population (records with "members") is drawn as one colour per learning
+    rate: its line is the mean over that rate's seeds and a shaded band runs
+    from their minimum to their maximum, so every seed's curve lies inside it.
 
     Args:
       runs: label -> that run's per-epoch records (see read_metrics).
 
     Returns:
       A figure with a loss axes and an accuracy axes and, below them, one
-      legend whose entries read "<label> train" and "<label> test".
+      legend whose entries read "<label> train" and "<label> test", or for a
+      population "<label> lr <rate> (<n> seeds) train" and "... test".
     """
     figure = Figure(figsize=(11, 4.4), dpi=DPI, layout="constrained")
     loss_axes, accuracy_axes = figure.subplots(1, 2)
-    colours = [f"C{i % 10}" for i in range(len(runs))]
-    for (label, records), colour in zip(runs.items(), colours):
-        epochs = [record["epoch"] for record in records]
+    curves = [
+        ([record["epoch"] for record in records], label, values)
+        for run_label, records in runs.items()
+        for label, values in run_curves(run_label, records)
+    ]
+    for index, (epochs, label, values) in enumerate(curves):
+        colour = f"C{index % 10}"
         for split, style in (("train", "-"), ("test", "--")):
             for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+                seeds = values[f"{split}_{metric}"]
                 axes.plot(
-                    epochs,
-                    [record[f"{split}_{metric}"] for record in records],
-                    linestyle=style,
-                    color=colour,
-                    marker="o",
-                    markersize=3,
+                    epochs, seeds.mean(axis=1), linestyle=style, color=colour, marker="o", markersize=3,
                     label=f"{label} {split}",
                 )
+                if seeds.shape[1] > 1:
+                    axes.fill_between(
+                        epochs, seeds.min(axis=1), seeds.max(axis=1), color=colour, alpha=BAND_ALPHA, linewidth=0
+                    )
     loss_axes.set(title="Loss", xlabel="epoch", ylabel="loss")
     accuracy_axes.set(title="Accuracy", xlabel="epoch", ylabel="accuracy")
     accuracy_axes.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
@@ -103,7 +141,16 @@ def learning_curves_figure(runs: dict[str, Records]) -> Figure:
         axes.grid(alpha=0.3)
     # One legend under both plots keeps the curves uncovered however many runs there are.
     handles, labels = loss_axes.get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 4), fontsize="small")
+    banded = any(values["test_loss"].shape[1] > 1 for _, _, values in curves)
+    figure.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncol=min(len(handles), 4),
+        fontsize="small",
+        title="line: mean over seeds; band: min to max over seeds" if banded else None,
+        title_fontsize="small",
+    )
     return figure
 
 
