@@ -30,7 +30,7 @@ DISTRIBUTED = ["distributed", "coordinator_address", "num_processes", "process_i
     [
         ("fmjax-train", ["config", "workdir", "verbose", "dry_run", "tpu", "tpu_candidates", "allow_config_change", *DISTRIBUTED]),
         ("fmjax-evaluate", ["config", "workdir", "verbose", "step", *DISTRIBUTED]),
-        ("fmjax-predict", ["workdir", "verbose", "step", "top_k", "batch_size", "json"]),
+        ("fmjax-predict", ["workdir", "verbose", "step", "top_k", "member", "batch_size", "json"]),
         ("fmjax-export", ["workdir", "verbose", "out", "step"]),
         ("fmjax-plot", ["verbose", "out", "dpi"]),
     ],

@@ -46,7 +46,7 @@ from fmjax import cli
 from fmjax.config import base_config
 from fmjax.errors import UserError
 from fmjax.run import checkpoint as ckpt
-from fmjax.run import config_checks, files, rundir
+from fmjax.run import checkpoint_reads, config_checks, files, rundir
 from fmjax.run import identity as run_identity
 
 MORE = "--config.num_epochs=3"  # a resume that trains an epoch past the tiny run
@@ -438,8 +438,8 @@ def test_11_a_step_missing_any_one_file_reads_whole_or_is_named_damaged(tiny_run
         kept = path.read_bytes()
         path.unlink()
         try:  # what evaluation reads: the meta record and the model's variables
-            ckpt.read_meta(str(tiny_run_copy), LAST_STEP)
-            ckpt.restore_variables_at(str(tiny_run_copy), LAST_STEP)
+            checkpoint_reads.read_meta(str(tiny_run_copy), LAST_STEP)
+            checkpoint_reads.restore_variables_at(str(tiny_run_copy), LAST_STEP)
         except UserError as error:
             assert str(error).startswith(f"the checkpoint at step {LAST_STEP} in {tiny_run_copy / 'checkpoints'} is damaged ("), error
             assert "NoneType" not in str(error)
