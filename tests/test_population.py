@@ -134,3 +134,14 @@ def test_evaluate_reports_every_member_and_predict_uses_one(population, tmp_path
 def test_restore_params_of_one_member_of_an_ordinary_run_is_refused(tiny_run):
     with pytest.raises(UserError, match="is an ordinary run's, not a population's"):
         restore_params(str(tiny_run), member=0)
+
+
+def test_tensorboard_has_a_curve_per_member(population):
+    from test_tensorboard import read_scalars
+
+    workdir, record = population
+    scalars = read_scalars(str(workdir))
+    for row in record["members"]:
+        tag = f"test/accuracy/seed_{row['seed']}_lr_{row['learning_rate']:g}"
+        assert scalars[tag] == [(21, pytest.approx(row["test_accuracy"], abs=1e-6))]
+    assert scalars["test/accuracy"] == [(21, pytest.approx(record["test_accuracy"], abs=1e-6))]
