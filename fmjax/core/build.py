@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 from fmjax.core.models import create_model
-from fmjax.core.optim import create_optimizer
+from fmjax.core.optim import create_learning_rate_schedule, create_optimizer
 from fmjax.core.population import (
     Member,
     is_population,
@@ -34,6 +34,7 @@ class RunParts:
       image_shape: (height, width, channels) of one input image.
       members: a population's members (fmjax.core.population), in the order of
         the state's leading axis; [] for an ordinary run, whose state has none.
+      learning_rate: the schedule, step -> rate at config.learning_rate (for logs).
     """
 
     model: nn.Module
@@ -41,6 +42,7 @@ class RunParts:
     init_state: Callable[[], TrainState]
     image_shape: tuple[int, ...]
     members: list[Member]
+    learning_rate: optax.Schedule
 
     def input_spec(self, batch_size: int = 1) -> jax.ShapeDtypeStruct:
         """The shape and dtype of a batch of `batch_size` images, as the model takes it."""
@@ -81,4 +83,5 @@ def build(
         rates = [member.learning_rate for member in members]
         return states.replace(opt_state=with_learning_rates(states.opt_state, rates))
 
-    return RunParts(model, optimizer, init_state, image_shape, members)
+    schedule = create_learning_rate_schedule(config, steps_per_epoch)
+    return RunParts(model, optimizer, init_state, image_shape, members, schedule)

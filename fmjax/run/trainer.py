@@ -25,7 +25,6 @@ import ml_collections
 import numpy as np
 
 from fmjax.core.build import build
-from fmjax.core.optim import create_learning_rate_schedule
 from fmjax.core.state import step_number
 from fmjax.data import cache_placement, load_dataset
 from fmjax.parallel.data_parallel import parallel_from_config
@@ -142,7 +141,6 @@ def train_and_evaluate(
             rundir.keep_metrics_through(workdir, epochs_logged, warn=log)
         records = EpochRecords(workdir, config.num_epochs)
         on_exit.callback(records.close)
-        learning_rate = create_learning_rate_schedule(config, steps_per_epoch)
         progress = Progress(steps_per_epoch, config.num_epochs, config.progress_line_seconds)
         # Closed before any exception's message is printed: a bar left on the line would run into it.
         on_exit.callback(progress.close)
@@ -189,7 +187,7 @@ def train_and_evaluate(
                     members,
                 )
                 best_member = result.get("best_member")
-                records.write(result, float(learning_rate(step - 1)))
+                records.write(result, float(parts.learning_rate(step - 1)))
                 epochs_logged, sums, timed_seconds, timed_steps = step // steps_per_epoch, TrainSums(), 0.0, 0
             # The one save: after the epoch's line, so a checkpoint whose record says
             # an epoch is logged has its line written.
