@@ -220,6 +220,9 @@ def tpu_dry_run(
             f"config.parallel is {config.parallel!r}: add --config.parallel=jit"
         )
     jax.config.update("jax_platforms", "cpu")  # compile only; a TPU VM's own chips stay free
+    # JAX's persistent compilation cache stays off here (config.compilation_cache_dir
+    # is not applied): it would write these compiles, but reading one back needs
+    # a TPU client, so each entry would be a miss and a warning.
     plan = plan_on_slice(config, slice_, config.shard_params)
     report(format_tpu_plan(plan, config))
     if plan.fits:
