@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 from conftest import evaluate, predict
+from test_on_device import tiny_config
 
-from fmjax.config import base_config
 from fmjax.core.population import Member, member_config, population_members
 from fmjax.errors import UserError
 from fmjax.run import trainer
@@ -20,16 +20,7 @@ RATES = (1e-3, 3e-3)
 
 def tiny_population(**overrides):
     """Two seeds times two rates: 4 members, on 8x8 digits with augmentation, one epoch of 21 steps."""
-    config = base_config()
-    config.image_size = 8
-    config.model.hidden = 32
-    config.num_epochs = 1
-    config.data.random_crop_padding = 1
-    config.data.horizontal_flip = True
-    config.num_seeds = 2
-    config.sweep.learning_rates = RATES
-    config.update(overrides)
-    return config
+    return tiny_config(**{"num_epochs": 1, "num_seeds": 2, "sweep": {"learning_rates": RATES}, **overrides})
 
 
 @pytest.fixture(scope="module")
