@@ -82,3 +82,10 @@ def test_the_core_imports_without_tensorflow_orbax_or_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert out.strip() == "[]"
+
+
+def test_the_readmes_layout_names_every_module():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    layout = readme[readme.index("## Layout") : readme.index("\n## ", readme.index("## Layout") + 1)]
+    names = {os.path.basename(path)[:-3] for path in MODULES.values() if not path.endswith("__init__.py")}
+    assert sorted(name for name in names if name not in layout) == []
