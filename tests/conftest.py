@@ -205,3 +205,11 @@ def tiny_run_copy(tiny_run, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(tiny_run, workdir, symlinks=True)
     return workdir
+
+
+def pytest_collection_modifyitems(session, config, items):
+    # The TPU plans compile for most of a minute in a subprocess of their own:
+    # started as soon as the session knows it runs them, they overlap the other tests.
+    for module in {item.module for item in items if item.module.__name__ == "test_tpu_plan"}:
+        module.start_plans()
+

@@ -41,9 +41,10 @@ def test_the_members_are_every_seed_at_every_rate():
     ]
 
 
-@pytest.mark.parametrize("index", [1, 2])
-def test_a_member_equals_its_own_run(population, tmp_path, index):
+def test_a_member_equals_its_own_run(population, tmp_path):
+    # Member 1 differs from member 0 by its seed; the pmap test's member differs by its rate.
     workdir, record = population
+    index = 1
     member = population_members(tiny_population())[index]
     alone = trainer.train_and_evaluate(member_config(tiny_population(), member), str(tmp_path))
     assert_params_equal(restore_params(str(workdir), member=index), restore_params(str(tmp_path)))
