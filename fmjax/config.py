@@ -8,7 +8,7 @@ def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0  # model init and the shuffle order of every epoch
     # A population (fmjax.core.population): num_seeds members per learning rate,
-    # seeds seed, seed + 1, ..., trained at once; each equals its own ordinary run.
+    # seeds seed, seed + 1, ..., trained at once; with data on the devices each equals its own run.
     config.num_seeds = 1
     config.sweep = ml_collections.ConfigDict()
     config.sweep.learning_rates = ()  # each a member's rate; () = just learning_rate

@@ -136,4 +136,22 @@ def test_tensorboard_has_a_curve_per_member(population):
     for row in record["members"]:
         tag = f"test/accuracy/seed_{row['seed']}_lr_{row['learning_rate']:g}"
         assert scalars[tag] == [(21, pytest.approx(row["test_accuracy"], abs=1e-6))]
+        rate = f"learning_rate/seed_{row['seed']}_lr_{row['learning_rate']:g}"
+        assert scalars[rate] == [(21, pytest.approx(row["learning_rate"], rel=1e-6))]
     assert scalars["test/accuracy"] == [(21, pytest.approx(record["test_accuracy"], abs=1e-6))]
+
+
+def test_a_finished_population_run_again_reports_its_members(population, tmp_path, capsys):
+    import shutil
+
+    workdir, record = population
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run)
+    again = trainer.train_and_evaluate(tiny_population(), str(run))
+    assert [row["test_accuracy"] for row in again["members"]] == [row["test_accuracy"] for row in record["members"]]
+    assert again["best_member"] == record["best_member"]
+
+
+def test_streamed_data_says_which_members_equal_their_runs(tmp_path, capsys):
+    trainer.train_and_evaluate(tiny_population(num_seeds=1, data={"cache": "none"}), str(tmp_path))
+    assert "every member reads the batches in config.seed's order" in capsys.readouterr().out

@@ -34,7 +34,8 @@ class RunParts:
       image_shape: (height, width, channels) of one input image.
       members: a population's members (fmjax.core.population), in the order of
         the state's leading axis; [] for an ordinary run, whose state has none.
-      learning_rate: the schedule, step -> rate at config.learning_rate (for logs).
+      learning_rate: the schedule, step -> rate (for logs); for a population, step ->
+        each member's rate.
     """
 
     model: nn.Module
@@ -84,4 +85,7 @@ def build(
         return states.replace(opt_state=with_learning_rates(states.opt_state, rates))
 
     schedule = create_learning_rate_schedule(config, steps_per_epoch)
+    if members:
+        schedules = [create_learning_rate_schedule(config, steps_per_epoch, m.learning_rate) for m in members]
+        schedule = lambda step: np.asarray([float(each(step)) for each in schedules])  # noqa: E731
     return RunParts(model, optimizer, init_state, image_shape, members, schedule)

@@ -1,6 +1,6 @@
 """A population: one model trained as several members at once, one per (seed, learning rate).
 
-Member k of a population equals the ordinary run of its own seed and rate: the
+With data on the devices, member k of a population equals the ordinary run of its own seed and rate: the
 same initial params, data order and augmentation (fmjax.run trains the members
 with jax.vmap over a leading "member" axis of the train state). Rates differ
 inside one compiled step, as a per-member value in the optimizer state.

@@ -44,7 +44,8 @@ class DataParallel:
         count) -> (device state, metrics): the steps start .. start+count-1 of
         an epoch in one compiled loop, step i's batch gathered on the devices
         from `data` (put_data) at row i of `indices` (put_indices). metrics
-        holds one [len(indices)] array per metric, set at the steps run.
+        holds one [len(indices)] array per metric, set at the steps run
+        ([len(indices), members] for a population; see per_device_steps).
         count and start may change between calls without a new compilation.
         Donates the input state.
       eval_step: (device state, device batch) -> summed metrics over the
@@ -57,7 +58,8 @@ class DataParallel:
       put_batch: host-local numpy batch -> device batch.
       put_data: a whole split, {"image", "label"} host arrays equal on every
         process -> a copy on every device.
-      put_indices: this process's [rows, local batch] indices (or masks) ->
+      put_indices: this process's [rows, local batch] indices (or masks;
+        [rows, local batch, members] for a population's train order) ->
         the devices' shares of every row.
       get_state: device state -> single-copy state, laid out by
         state_sharding (for checkpoints and export).

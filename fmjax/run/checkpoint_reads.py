@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from fmjax.core.population import member_slice
 from fmjax.errors import UserError
 from fmjax.run.checkpoint import checkpoint_dir, checkpoint_manager, state_metadata
 from fmjax.run.quiet import one_line, quiet_reads_outliving_a_failed_restore
@@ -86,7 +87,7 @@ def member_variables(variables: Any, meta: dict, member: int, where: str) -> Any
         raise UserError(f"{where} is an ordinary run's, not a population's; leave out the member")
     if not 0 <= member < len(members):
         raise UserError(f"{where} has members 0 to {len(members) - 1}; member {member} is not one of them")
-    return jax.tree.map(lambda leaf: leaf[member], variables)
+    return member_slice(variables, member)
 
 
 def restore_variables_at(workdir: str, step: Optional[int] = None) -> tuple[int, dict]:

@@ -148,7 +148,8 @@ class EpochRecords:
         self._num_epochs = num_epochs
         self._summaries = EpochSummaries(workdir) if is_logging_process() else None
 
-    def write(self, record: dict[str, Any], learning_rate: float) -> None:
+    def write(self, record: dict[str, Any], learning_rate: Any) -> None:
+        """Writes an epoch's record; `learning_rate` is the last step's rate, one per member for a population."""
         head = f"epoch {record['epoch']}/{self._num_epochs}  step {record['step']}  "
         if "members" not in record:
             log(
@@ -177,10 +178,12 @@ class EpochRecords:
             "train/accuracy": record["train_accuracy"],
             "test/loss": record["test_loss"],
             "test/accuracy": record["test_accuracy"],
-            "learning_rate": learning_rate,
             "images_per_second": record["images_per_second"],
         }
-        for row in record.get("members", []):
+        if "members" not in record:
+            scalars["learning_rate"] = float(learning_rate)
+        for index, row in enumerate(record.get("members", [])):
+            scalars[f"learning_rate/{member_tag(row)}"] = float(learning_rate[index])
             for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
                 split, metric = key.split("_")
                 scalars[f"{split}/{metric}/{member_tag(row)}"] = row[key]

@@ -97,7 +97,8 @@ def load_trained(
         config.image_size, against the checkpoint's before its arrays are read.
       member: of a population: a member's index, "best" (the member of the
         best test accuracy, as the run recorded it) or None (every member,
-        each leaf with a leading member axis). Ignored for an ordinary run.
+        each leaf with a leading member axis). An ordinary run takes "best" or
+        None; an index is refused.
 
     Raises:
       UserError: the folder, its config.json or the checkpoint is missing or
@@ -110,6 +111,8 @@ def load_trained(
     check_same_classes(meta, class_names if data_classes is None else data_classes, config.image_size, where)
     step, variables = restore_variables_at(workdir, step)
     members, best = meta.get("members"), meta.get("best_member")
+    if not members and isinstance(member, int):
+        raise UserError(f"{where} is an ordinary run's, not a population's; leave out the member")
     if not members:
         member = None
     elif member == "best":

@@ -130,6 +130,11 @@ def train_and_evaluate(
         del state
         member_seeds = [m.seed for m in members] if members else None
         data = place_data(dataset, parallel, cache_placement(config, dataset), report=log, member_seeds=member_seeds)
+        if members and data.placement != "device":
+            log(
+                f"data.cache={data.placement}: every member reads the batches in config.seed's order, "
+                f"so only the members of seed {config.seed} equal their own runs"
+            )
         # Images of every member count: a population's throughput is member-images per second.
         images_per_step = config.batch_size * (len(members) if members else 1)
 
@@ -187,7 +192,7 @@ def train_and_evaluate(
                     members,
                 )
                 best_member = result.get("best_member")
-                records.write(result, float(parts.learning_rate(step - 1)))
+                records.write(result, parts.learning_rate(step - 1))
                 epochs_logged, sums, timed_seconds, timed_steps = step // steps_per_epoch, TrainSums(), 0.0, 0
             # The one save: after the epoch's line, so a checkpoint whose record says
             # an epoch is logged has its line written.
@@ -210,6 +215,8 @@ def train_and_evaluate(
 
         if not result:  # the checkpoint already held a finished run
             test = data.evaluate(device_state, config.batch_size)
-            result = epoch_record(config.num_epochs, saved_step, TrainSums(), test, float("nan"), members)
+            # No step trained here: sums of zero steps, one per member for a population.
+            empty = TrainSums([0.0] * len(members), [0.0] * len(members)) if members else TrainSums()
+            result = epoch_record(config.num_epochs, saved_step, empty, test, float("nan"), members)
             result = {key: result[key] for key in ("epoch", "step", "test_loss", "test_accuracy", "members", "best_member") if key in result}
     return result

@@ -7,6 +7,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from fmjax.core.population import member_slice
 from fmjax.core.state import ModelState
 from fmjax.data import Dataset, load_dataset
 from fmjax.parallel.data_parallel import parallel_from_config
@@ -97,7 +98,7 @@ def evaluate_checkpoint(
             ],
             "best_member": best,
         }
-        result, variables = result[best], jax.tree.map(lambda leaf: leaf[best], variables)
+        result, variables = result[best], member_slice(variables, best)
     confusion = result["confusion_matrix"]
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.diag(confusion) / confusion.sum(axis=1)
