@@ -210,6 +210,10 @@ def tiny_run_copy(tiny_run, tmp_path):
 def pytest_collection_modifyitems(session, config, items):
     # The TPU plans compile for most of a minute in a subprocess of their own:
     # started as soon as the session knows it runs them, they overlap the other tests.
+    # Under pytest-xdist each worker collects every test, so the plans start when
+    # their worker reaches them, in parallel with the other worker's tests.
+    if hasattr(config, "workerinput"):
+        return
     for module in {item.module for item in items if item.module.__name__ == "test_tpu_plan"}:
         module.start_plans()
 

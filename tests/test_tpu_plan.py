@@ -108,8 +108,9 @@ def start_plans():
         _PLANS["process"] = subprocess.Popen(
             [sys.executable, "-c", SCRIPT, json.dumps([COMMANDS, SIZE, BATCH])],
             cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=lambda: os.nice(10),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
+        os.setpriority(os.PRIO_PROCESS, _PLANS["process"].pid, 10)
 
 
 @pytest.fixture(scope="module")
