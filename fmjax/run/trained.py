@@ -49,10 +49,6 @@ class TrainedRun:
     members: Optional[list] = None
     best_member: Optional[int] = None
 
-    @property
-    def where(self) -> str:
-        return f"the checkpoint at step {self.step} in {self.workdir}"
-
 
 def check_same_classes(meta: dict, class_names: Sequence[str], image_size: int, where: str) -> None:
     """Raises a UserError unless `class_names` and `image_size` are those the checkpoint trained on.

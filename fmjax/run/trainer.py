@@ -117,18 +117,17 @@ def train_and_evaluate(
         epochs_logged = record.epoch if record else 0
         sums = record.train_sums if record else TrainSums()
         members = parts.members or None
+        # [seed, learning rate] per member, as the log, the health checks and checkpoints name them.
+        member_pairs = [[m.seed, m.learning_rate] for m in members] if members else None
         if members:
-            log(f"a population of {len(members)} members: seeds and learning rates {[(m.seed, m.learning_rate) for m in members]}")
+            log(f"a population of {len(members)} members: seeds and learning rates {member_pairs}")
         best_member = record.best_member if record else None
         health = HealthCheck(
-            config.halt_on_nonfinite,
-            config.halt_on_loss_growth,
-            record.first_loss if record else None,
-            [(m.seed, m.learning_rate) for m in members] if members else None,
+            config.halt_on_nonfinite, config.halt_on_loss_growth, record.first_loss if record else None, member_pairs
         )
         device_state = parallel.put_state(state)
         del state
-        member_seeds = [m.seed for m in members] if members else None
+        member_seeds = [seed for seed, _ in member_pairs] if members else None
         data = place_data(dataset, parallel, cache_placement(config, dataset), report=log, member_seeds=member_seeds)
         if members and data.placement != "device":
             log(
@@ -206,7 +205,7 @@ def train_and_evaluate(
                     first_loss=health.first_loss,
                     identity=identity,
                     best_member=best_member,
-                    members=[[m.seed, m.learning_rate] for m in members] if members else None,
+                    members=member_pairs,
                 )
                 ckpt.save_checkpoint(manager, parallel.get_state(device_state), record.to_json())
                 saved_step = step
