@@ -8,9 +8,8 @@ command resumes). A resume with another run-defining config is refused (exit 2) 
 --allow_config_change.
 """
 
-import sys
 
 from fmjax import cli
 
 if __name__ == "__main__":
-    sys.exit(cli.run(cli.train_main))
+    cli.run_command(cli.train_main)

@@ -14,7 +14,6 @@ done, 2 bad input.
 
 import contextlib
 import io
-import sys
 import tempfile
 
 from absl import flags
@@ -50,4 +49,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_command(main)

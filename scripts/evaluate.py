@@ -4,9 +4,8 @@ Loads only the params, prints the accuracy over every test example and writes
 DIR/eval_<step>.json. Exit statuses: 0 done, 2 bad input.
 """
 
-import sys
 
 from fmjax import cli
 
 if __name__ == "__main__":
-    sys.exit(cli.run(cli.evaluate_main))
+    cli.run_command(cli.evaluate_main)

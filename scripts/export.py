@@ -7,9 +7,8 @@ symbolic batch; float32 images in [0, 1]) and DIR/class_names.json. Images
 are of the run's size. Exit statuses: 0 done, 2 bad input.
 """
 
-import sys
 
 from fmjax import cli
 
 if __name__ == "__main__":
-    sys.exit(cli.run(cli.export_main))
+    cli.run_command(cli.export_main)

@@ -6,9 +6,8 @@ against epoch, the runs overlaid and named by their folders, to one PNG
 done, 2 bad input.
 """
 
-import sys
 
 from fmjax import cli
 
 if __name__ == "__main__":
-    sys.exit(cli.run(cli.plot_metrics_main))
+    cli.run_command(cli.plot_metrics_main)

@@ -6,9 +6,8 @@ line per image, or with --json a list of {"path", "predictions": [{"class",
 "probability"}]}. Exit statuses: 0 done, 2 bad input.
 """
 
-import sys
 
 from fmjax import cli
 
 if __name__ == "__main__":
-    sys.exit(cli.run(cli.predict_main))
+    cli.run_command(cli.predict_main)

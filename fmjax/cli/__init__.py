@@ -21,29 +21,30 @@ from fmjax.cli.exits import (
     EXIT_USER_ERROR,
     EXIT_WRITE_FAILED,
     run,
+    run_command,
 )
 from fmjax.cli.parsing import parse, shipped_config_names
 
 
 # Console scripts (pyproject.toml): fmjax-train, fmjax-evaluate, fmjax-predict, fmjax-plot, fmjax-export.
 def train_command() -> None:
-    raise SystemExit(run(train_main))
+    run_command(train_main)
 
 
 def evaluate_command() -> None:
-    raise SystemExit(run(evaluate_main))
+    run_command(evaluate_main)
 
 
 def predict_command() -> None:
-    raise SystemExit(run(predict_main))
+    run_command(predict_main)
 
 
 def plot_metrics_command() -> None:
-    raise SystemExit(run(plot_metrics_main))
+    run_command(plot_metrics_main)
 
 
 def export_command() -> None:
-    raise SystemExit(run(export_main))
+    run_command(export_main)
 
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "plot_metrics_main",
     "predict_main",
     "run",
+    "run_command",
     "shipped_config_names",
     "train_main",
 ]

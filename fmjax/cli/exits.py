@@ -22,8 +22,9 @@ Exit statuses (train.py; the other commands use 0, 2 and 4):
        and where, and the same command resumes.
 """
 
+import gc
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
 
 from fmjax.errors import UserError, WriteFailure
 
@@ -70,3 +71,17 @@ def run(main: Callable[[Sequence[str]], int], argv: Optional[Sequence[str]] = No
             raise
         print(f"error: {e}", file=sys.stderr)
         return EXIT_WRITE_FAILED
+
+
+def run_command(main: Callable[[Sequence[str]], int]) -> NoReturn:
+    """Runs `main` on sys.argv as `run` does and ends the process with its exit status.
+
+    Everything still alive is moved out of the garbage collector's reach
+    first (gc.freeze): the interpreter's last collections would otherwise
+    walk every object a training run leaves, about 0.4 s of its exit.
+    Nothing is lost: files and checkpoints are closed by then, and memory
+    goes back to the system with the process.
+    """
+    status = run(main)
+    gc.freeze()
+    raise SystemExit(status)
