@@ -42,6 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Write each checkpoint in a background thread while training goes on
     # (False: training waits for the write).
     config.checkpoint_async = True
+    # zstd-compress the checkpoint's arrays. Float32 weights barely shrink (the
+    # seed's model at 16x16: 49 MB against 53 MB) for about 0.07 s more CPU a
+    # checkpoint, taken from training on a small machine.
+    config.checkpoint_compression = False
     # Stop, naming the step, when a loss, gradient or updated param is NaN or
     # Inf; nothing non-finite is saved.
     config.halt_on_nonfinite = True

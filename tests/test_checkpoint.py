@@ -141,3 +141,27 @@ def test_a_checkpoint_of_another_model_is_a_user_error(tmp_path):
 def test_restore_params_without_a_checkpoint_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no checkpoint in"):
         fmjax.restore_params(str(tmp_path))
+
+
+def directory_bytes(path):
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+
+
+@pytest.mark.parametrize("written_compressed", [True, False])
+def test_either_compression_restores_through_a_manager_of_the_other(tmp_path, written_compressed):
+    # Zeros compress: the compressed write must be the smaller one on disk.
+    state = state_fn(hidden=256)
+    state = state.replace(params=jax.tree.map(jnp.zeros_like, state.params))
+    manager = ckpt.checkpoint_manager(str(tmp_path), compression=written_compressed)
+    ckpt.save_checkpoint(manager, state, {"epoch": 0, "next_batch": 0})
+    manager.wait_until_finished()
+    size = directory_bytes(tmp_path / "checkpoints" / "0")
+    params_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state.params))
+    assert (size < params_bytes / 4) if written_compressed else (size > params_bytes)
+
+    reader = ckpt.checkpoint_manager(str(tmp_path), compression=not written_compressed)
+    target = abstract_state(lambda: state_fn(hidden=256), jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    restored, meta = ckpt.restore_checkpoint(reader, 0, target)
+    assert meta == {"epoch": 0, "next_batch": 0}
+    for key, value in params_by_path(state.params).items():
+        np.testing.assert_array_equal(params_by_path(restored.params)[key], value)

@@ -45,6 +45,7 @@ def checkpoint_manager(
     max_to_keep: Optional[int] = None,
     create: bool = True,
     async_save: bool = True,
+    compression: bool = False,
 ) -> ocp.CheckpointManager:
     """An Orbax CheckpointManager over `workdir`'s checkpoints, keeping the last `max_to_keep`.
 
@@ -56,6 +57,8 @@ def checkpoint_manager(
       async_save: whether `save` returns once the arrays are copied to host
         memory and writes them in a background thread; `wait_until_finished`
         waits for the write.
+      compression: whether saves zstd-compress the arrays. Reads take either
+        kind, whatever this says.
     """
     directory = checkpoint_dir(workdir)
     if os.path.lexists(directory) and not os.path.isdir(directory):
@@ -67,7 +70,10 @@ def checkpoint_manager(
         enable_async_checkpointing=async_save,
     )
     # Naming the handlers up front lets a fresh manager read an item's metadata.
-    handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    handlers = {
+        "state": ocp.PyTreeCheckpointHandler(use_compression=compression),
+        "meta": ocp.JsonCheckpointHandler(),
+    }
     return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 

@@ -147,6 +147,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     check.text("compilation_cache_dir")
     check.integer("keep_checkpoints", 1)
     check.boolean("checkpoint_async")
+    check.boolean("checkpoint_compression")
     check.boolean("halt_on_nonfinite")
     growth = check.value("halt_on_loss_growth")
     if not (_is_number(growth) and (growth == 0 or growth > 1)):

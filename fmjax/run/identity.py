@@ -31,6 +31,7 @@ MAY_CHANGE_ON_RESUME = {
     "checkpoint_every_steps": "when checkpoints are written",
     "keep_checkpoints": "how many are kept",
     "checkpoint_async": "whether writes overlap training",
+    "checkpoint_compression": "how checkpoints are stored; either kind is read back",
     "halt_on_nonfinite": "whether a NaN stops the run",
     "halt_on_loss_growth": "when a growing loss stops the run",
     "parallel": "pmap or jit: the same numbers on the same devices",

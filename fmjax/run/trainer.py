@@ -94,7 +94,10 @@ def train_and_evaluate(
         on_exit.enter_context(hold_workdir(workdir))
         should_stop = on_exit.enter_context(watch_for_sigterm())
         manager = ckpt.checkpoint_manager(
-            workdir, max_to_keep=config.keep_checkpoints, async_save=config.checkpoint_async
+            workdir,
+            max_to_keep=config.keep_checkpoints,
+            async_save=config.checkpoint_async,
+            compression=config.checkpoint_compression,
         )
         # However the run ends, the save in flight completes first.
         on_exit.callback(ckpt.close_manager, manager)
