@@ -12,6 +12,7 @@ import pytest
 import fmjax
 from fmjax.core.losses import cross_entropy, mse
 from fmjax.core.models import MLP, SeedCNN
+from fmjax.core.steps import update_is_finite
 
 IMAGE = (8, 8, 3)
 
@@ -206,3 +207,25 @@ def test_micro_batches_give_the_update_of_the_whole_batch(optimizer):
     assert not np.allclose(micro.params["fc1"]["kernel"], jax.jit(fmjax.train_step)(micro, batch)[0].params["fc1"]["kernel"])
     with pytest.raises(ValueError, match="batch of 16 does not split into 3 equal micro-batches"):
         jax.jit(functools.partial(fmjax.train_step, grad_accum_steps=3))(micro, batch)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("leaf, where", [("kernel", (0, 0)), ("kernel", (37, 5)), ("conv", (4, 4, 2, 7)), ("bias", (3,))])
+def test_the_finite_flag_finds_one_bad_value_in_any_leaf(bad, leaf, where):
+    rng = np.random.default_rng(0)
+    grads = {
+        "kernel": rng.normal(size=(48, 16)).astype(np.float32),
+        "conv": rng.normal(size=(5, 5, 3, 8)).astype(np.float32),
+        "bias": rng.normal(size=(16,)).astype(np.float32),
+    }
+    flag = jax.jit(update_is_finite)
+    assert bool(flag(jnp.float32(1.0), grads, {}))
+    grads[leaf][where] = bad
+    assert not bool(flag(jnp.float32(1.0), grads, {}))
+
+
+def test_the_finite_flag_sees_opposite_infinities_and_a_nan_loss():
+    grads = {"kernel": np.zeros((4, 4), np.float32)}
+    grads["kernel"][0, 0], grads["kernel"][3, 3] = np.inf, -np.inf
+    assert not bool(update_is_finite(jnp.float32(0.0), grads, {}))
+    assert not bool(update_is_finite(jnp.float32(np.nan), {"kernel": np.zeros((4, 4), np.float32)}, {}))

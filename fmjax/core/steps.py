@@ -142,15 +142,25 @@ def update_is_finite(loss: jnp.ndarray, grads: Any, batch_stats: Any) -> jnp.nda
 
     An update from finite gradients leaves finite params and optimizer state
     finite (short of a float32 overflow of the params themselves), so this
-    reads the gradients once more instead of the whole new state, which
-    costs a quarter of a memory-bound CPU step. The gradients' sum is finite
-    exactly when they are (or when it overflows float32, itself a sign of
-    divergence), and XLA computes it without storing anything per element:
-    a squared norm would share its squares with Adam's and keep them, a
-    per-element isfinite would keep a mask.
+    reads the gradients once more instead of the whole new state. The
+    gradients' sum is finite exactly when they are (or when it overflows
+    float32, itself a sign of divergence), and computing it stores nothing
+    per element: a squared norm would share its squares with Adam's and keep
+    them, a per-element isfinite would keep a mask.
     """
-    grad_sum = sum(jnp.sum(g.astype(jnp.float32)) for g in jax.tree.leaves(grads))
+    grad_sum = sum(_leaf_sum(g.astype(jnp.float32)) for g in jax.tree.leaves(grads))
     return jnp.isfinite(loss) & jnp.isfinite(grad_sum) & all_finite(batch_stats)
+
+
+def _leaf_sum(leaf: jnp.ndarray) -> jnp.ndarray:
+    """The sum of `leaf`'s elements; a NaN or an Inf anywhere makes it NaN or Inf."""
+    if leaf.ndim < 2:
+        return jnp.sum(leaf)
+    # As a product with a vector of ones: on CPU, XLA's reduction of a large
+    # array is slower than its matrix-vector product (the seed's fc1 gradient
+    # at 16x16: 1.0 ms against 0.4 ms, of a 13 ms step).
+    rows = leaf.reshape(-1, leaf.shape[-1])
+    return jnp.sum(rows @ jnp.ones(rows.shape[-1], rows.dtype))
 
 
 def all_finite(tree: Any) -> jnp.ndarray:
