@@ -1,13 +1,21 @@
-"""Training writes TensorBoard events that agree with metrics.jsonl."""
+"""Training writes TensorBoard events that agree with metrics.jsonl, as TensorBoard's own
+reader reads them, CRCs checked; and without importing TensorBoard's writer."""
 
+import io
 import os
+import struct
+import subprocess
+import sys
 
 import numpy as np
+from conftest import ROOT
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 from fmjax.config import base_config
 from fmjax.run import rundir
 from fmjax.run.rundir import EVENTS_SUBDIR
+from fmjax.run.tensorboard import EpochSummaries, frame_record
 from fmjax.run.trainer import train_and_evaluate
 
 
@@ -39,3 +47,48 @@ def test_events_hold_every_epoch_and_the_schedule(tmp_path):
     np.testing.assert_allclose([v for _, v in scalars["train/loss"]], [r["train_loss"] for r in records], rtol=1e-6)
     # Epoch 1's last step ran at 1e-3; from epoch 2 on the rate is a tenth.
     np.testing.assert_allclose([v for _, v in scalars["learning_rate"]], [1e-3, 1e-4], rtol=1e-6)
+
+
+def two_epochs_of_summaries(workdir):
+    """The event file of two epochs' scalars, written as training writes them."""
+    summaries = EpochSummaries(str(workdir))
+    summaries.write(21, {"train/loss": 0.5, "test/accuracy": 0.25})
+    summaries.write(42, {"train/loss": 0.125, "test/accuracy": 0.75})
+    summaries.close()
+    (path,) = (workdir / EVENTS_SUBDIR).glob("events.out.tfevents.*")
+    return path
+
+
+def test_the_records_open_with_tensorboards_reader(tmp_path):
+    two_epochs_of_summaries(tmp_path)
+    assert read_scalars(str(tmp_path)) == {
+        "train/loss": [(21, 0.5), (42, 0.125)],
+        "test/accuracy": [(21, 0.25), (42, 0.75)],
+    }
+
+
+def test_tensorboards_reader_stops_at_a_record_with_a_flipped_byte(tmp_path):
+    path = two_epochs_of_summaries(tmp_path)
+    data = bytearray(path.read_bytes())
+    # The low byte of epoch 2's 0.75: still a valid Event, read as 0.75000006 were the CRC not checked.
+    data[data.rindex(struct.pack("<f", 0.75))] ^= 1
+    path.write_bytes(data)
+    assert read_scalars(str(tmp_path)) == {"train/loss": [(21, 0.5)], "test/accuracy": [(21, 0.25)]}
+
+
+def test_records_are_framed_byte_for_byte_as_tensorboards_writer_frames_them():
+    for data in (b"", b"x", bytes(range(256)) * 5):
+        buffer = io.BytesIO()
+        RecordWriter(buffer).write(data)
+        assert frame_record(data) == buffer.getvalue()
+
+
+def test_importing_the_trainer_leaves_out_tensorboards_writer_and_boto3():
+    # tensorboard.summary imports a TensorFlow stand-in and boto3, 0.2 s of every start.
+    code = (
+        "import sys, fmjax.run.trainer\n"
+        "print(sorted(m for m in ('tensorboard.summary', 'tensorboard.compat.tensorflow_stub', 'boto3', "
+        "'tensorflow') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "[]"
