@@ -1,6 +1,7 @@
 """Training writes TensorBoard events that agree with metrics.jsonl, as TensorBoard's own
 reader reads them, CRCs checked; and without importing TensorBoard's writer."""
 
+import errno
 import io
 import os
 import struct
@@ -8,12 +9,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import ROOT
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.summary.writer.record_writer import RecordWriter
 
 from fmjax.config import base_config
-from fmjax.run import rundir
+from fmjax.run import files, rundir
 from fmjax.run.rundir import EVENTS_SUBDIR
 from fmjax.run.tensorboard import EpochSummaries, frame_record
 from fmjax.run.trainer import train_and_evaluate
@@ -74,6 +76,30 @@ def test_tensorboards_reader_stops_at_a_record_with_a_flipped_byte(tmp_path):
     data[data.rindex(struct.pack("<f", 0.75))] ^= 1
     path.write_bytes(data)
     assert read_scalars(str(tmp_path)) == {"train/loss": [(21, 0.5)], "test/accuracy": [(21, 0.25)]}
+
+
+def test_a_full_disk_mid_record_is_a_write_error_and_the_file_keeps_whole_records(tmp_path, monkeypatch):
+    summaries = EpochSummaries(str(tmp_path))
+    summaries.write(21, {"train/loss": 0.5})
+    (path,) = (tmp_path / EVENTS_SUBDIR).glob("events.out.tfevents.*")
+    whole = path.read_bytes()
+    write = os.write
+
+    def full_after_ten_bytes(descriptor, data):
+        # As a disk fills: a short write, then ENOSPC.
+        if len(data) > 10:
+            return write(descriptor, data[:10])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "write", full_after_ten_bytes)
+        with pytest.raises(files.WriteError, match=f"^cannot write {path}: no space left on the device$"):
+            summaries.write(42, {"train/loss": 0.125})
+    assert path.read_bytes() == whole
+    # With space again, a record written after it is read.
+    summaries.write(63, {"train/loss": 0.25})
+    summaries.close()
+    assert read_scalars(str(tmp_path)) == {"train/loss": [(21, 0.5), (63, 0.25)]}
 
 
 def test_records_are_framed_byte_for_byte_as_tensorboards_writer_frames_them():

@@ -116,7 +116,7 @@ def write_file_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
     Raises:
       WriteError: the folder is full or not writable; `path` is as it was.
     """
-    with _named_write_errors(path), _new_temporary_file(path) as (descriptor, temporary):
+    with named_write_errors(path), _new_temporary_file(path) as (descriptor, temporary):
         view = memoryview(data)
         while view:
             view = view[os.write(descriptor, view) :]
@@ -131,14 +131,14 @@ def write_file_with(path: str, write: Callable[[str], None]) -> None:
     Raises:
       WriteError: as write_file_atomically.
     """
-    with _named_write_errors(path), _new_temporary_file(path) as (descriptor, temporary):
+    with named_write_errors(path), _new_temporary_file(path) as (descriptor, temporary):
         os.close(descriptor)
         write(temporary)
         os.replace(temporary, path)
 
 
 @contextlib.contextmanager
-def _named_write_errors(path: str) -> Iterator[None]:
+def named_write_errors(path: str) -> Iterator[None]:
     """Turns a failed write of `path` into the one-line error that names it and its cause."""
     try:
         yield

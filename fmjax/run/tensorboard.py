@@ -9,6 +9,7 @@ package's TensorFlow stand-in and with it boto3: 0.2 s of
 CRC-32C of google-crc32c (a C extension, 3 ms to import).
 """
 
+import contextlib
 import os
 import socket
 import struct
@@ -17,7 +18,7 @@ import time
 import google_crc32c
 from tensorboard.compat.proto import event_pb2, summary_pb2
 
-from fmjax.run import rundir
+from fmjax.run import files, rundir
 
 # The first record of every event file, which readers check.
 _FILE_VERSION = "brain.Event:2"
@@ -45,14 +46,28 @@ class EpochSummaries:
         os.makedirs(directory, exist_ok=True)
         now = time.time()
         # A new file per run, named as TensorBoard's readers expect.
-        path = os.path.join(
+        self._path = os.path.join(
             directory, f"events.out.tfevents.{now:.6f}.{socket.gethostname()}.{os.getpid()}"
         )
-        self._file = open(path, "xb")  # noqa: SIM115 - closed by close()
-        self._add(event_pb2.Event(wall_time=now, file_version=_FILE_VERSION))
+        with files.named_write_errors(self._path):
+            # O_EXCL: a new file, never one already there nor a link's target. O_APPEND:
+            # after a record cut off (below), the next one starts at the file's end.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_APPEND | os.O_CLOEXEC
+            self._descriptor = os.open(self._path, flags, 0o644)
+        self._size = 0  # of the whole records written
+        try:
+            self._add(event_pb2.Event(wall_time=now, file_version=_FILE_VERSION))
+        except BaseException:
+            self.close()  # no one else holds the descriptor yet
+            raise
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
-        """Adds `scalars` (name -> value) at `step` and flushes, so a killed run keeps them."""
+        """Adds `scalars` (name -> value) at `step`, written at once, so a killed run keeps them.
+
+        Raises:
+          fmjax.run.files.WriteError: no space left (or no permission); the file keeps
+            the records before this one, whole.
+        """
         summary = summary_pb2.Summary(
             value=[
                 summary_pb2.Summary.Value(tag=name, simple_value=float(value))
@@ -62,8 +77,21 @@ class EpochSummaries:
         self._add(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
     def close(self) -> None:
-        self._file.close()
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
 
     def _add(self, event: event_pb2.Event) -> None:
-        self._file.write(frame_record(event.SerializeToString()))
-        self._file.flush()
+        record = frame_record(event.SerializeToString())
+        with files.named_write_errors(self._path):
+            try:
+                unwritten = memoryview(record)
+                while unwritten:
+                    unwritten = unwritten[os.write(self._descriptor, unwritten) :]
+            except OSError:
+                # A record cut short on a full disk would end the file for TensorBoard's
+                # reader, and records written after it would never be read: cut it off.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._descriptor, self._size)
+                raise
+        self._size += len(record)
