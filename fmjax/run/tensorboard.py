@@ -6,7 +6,7 @@ TensorFlow's file system layer, and importing TensorFlow costs seconds; its
 RecordWriter is imported through tensorboard.summary, which imports the
 package's TensorFlow stand-in and with it boto3: 0.2 s of
 `import fmjax.run.trainer` on 2 cores. So the records are framed here, with the
-CRC-32C of google-crc32c (a C extension, 3 ms to import).
+CRC-32C of google-crc32c (a C extension, under 3 ms to import).
 """
 
 import contextlib
