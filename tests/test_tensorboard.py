@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.summary.writer.record_writer import RecordWriter
 
 from fmjax.config import base_config
+from fmjax.errors import UserError
 from fmjax.run import files, rundir
 from fmjax.run.rundir import EVENTS_SUBDIR
 from fmjax.run.tensorboard import EpochSummaries, frame_record
@@ -118,3 +119,26 @@ def test_importing_the_trainer_leaves_out_tensorboards_writer_and_boto3():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("kind", ["file", "broken link"])
+def test_a_file_or_a_broken_link_in_place_of_the_events_folder_is_one_line(tmp_path, kind):
+    events = tmp_path / EVENTS_SUBDIR
+    if kind == "file":
+        events.write_text("notes")
+    else:
+        events.symlink_to(tmp_path / "gone")
+    with pytest.raises(UserError, match=f"^{events} is not a folder; move it away"):
+        EpochSummaries(str(tmp_path))
+    assert (events.read_text() == "notes") if kind == "file" else not (tmp_path / "gone").exists()
+
+
+def test_a_link_to_a_folder_holds_the_events(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / EVENTS_SUBDIR).symlink_to(elsewhere)
+    summaries = EpochSummaries(str(tmp_path / "run"))
+    summaries.write(1, {"loss": 0.5})
+    summaries.close()
+    assert [name.startswith("events.out.tfevents.") for name in os.listdir(elsewhere)] == [True]

@@ -18,6 +18,7 @@ import time
 import google_crc32c
 from tensorboard.compat.proto import event_pb2, summary_pb2
 
+from fmjax.errors import UserError
 from fmjax.run import files, rundir
 
 # The first record of every event file, which readers check.
@@ -43,6 +44,12 @@ class EpochSummaries:
 
     def __init__(self, workdir: str):
         directory = os.path.join(workdir, rundir.EVENTS_SUBDIR)
+        # A link to a folder is followed (events kept on another disk, say); a file or a
+        # broken link in its place is the user's to move.
+        if os.path.lexists(directory) and not os.path.isdir(directory):
+            raise UserError(
+                f"{directory} is not a folder; move it away, fmjax writes the run's TensorBoard events there"
+            )
         os.makedirs(directory, exist_ok=True)
         now = time.time()
         # A new file per run, named as TensorBoard's readers expect.
