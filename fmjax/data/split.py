@@ -6,7 +6,7 @@ seed's own Resize on a PIL image gives them) or float32 in [0, 1] otherwise.
 """
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -22,11 +22,15 @@ class Split:
       load: int indices [n] -> pixels [n, H, W, 3] at the run's size, of
         `pixel_dtype`; it raises a UserError naming an example it cannot read.
       pixel_dtype: uint8 (8-bit images) or float32 (values in [0, 1]).
+      load_all: () -> every example's pixels, as `load` gives them, where the
+        source has a faster way to the whole split (a copy prepared on disk,
+        fmjax.data.prepared); None to load every index.
     """
 
     labels: np.ndarray
     load: Callable[[np.ndarray], np.ndarray]
     pixel_dtype: np.dtype
+    load_all: Optional[Callable[[], np.ndarray]] = None
 
     @property
     def num_examples(self) -> int:
@@ -46,14 +50,19 @@ def array_split(images: np.ndarray, labels: np.ndarray, image_size: int) -> Spli
     return _served_from(pixels, labels)
 
 
+def whole_split(split: Split) -> np.ndarray:
+    """Every example's pixels, [n, H, W, 3]: through load_all where the split has one."""
+    return split.load_all() if split.load_all is not None else split.load(np.arange(split.num_examples))
+
+
 def split_pixels(split: Split) -> dict[str, np.ndarray]:
     """A whole split in memory: {"image": pixels [n, H, W, 3], "label": int32 [n]}."""
-    return {"image": split.load(np.arange(split.num_examples)), "label": split.labels}
+    return {"image": whole_split(split), "label": split.labels}
 
 
 def in_memory(split: Split) -> Split:
     """`split` loaded whole once, then served from memory."""
-    return _served_from(split.load(np.arange(split.num_examples)), split.labels)
+    return _served_from(whole_split(split), split.labels)
 
 
 def _served_from(pixels: np.ndarray, labels: np.ndarray) -> Split:
