@@ -92,6 +92,10 @@ def base_config() -> ml_collections.ConfigDict:
     # image_folder: an image that cannot be read (damaged, truncated, not an
     # image): "error" stops naming the file; "skip" leaves it out and lists it.
     config.data.on_bad_image = "error"
+    # Where digits keep their train/test split, and image folders loaded whole
+    # their decoded, resized pixels, between runs (a later run reads them
+    # instead); "" = off.
+    config.data.prepared_dir = "~/.cache/fmjax/prepared"
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "seed_cnn"  # "seed_cnn", "mlp" or "resnet"

@@ -12,12 +12,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # libtpu is installed (the tpu extra) but no TPU is attached: JAX stays on the CPU, quietly.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import atexit  # noqa: E402
 import importlib.util  # noqa: E402
 import pathlib  # noqa: E402
 import shutil  # noqa: E402
+import tempfile  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+import fmjax.config  # noqa: E402
 
 # The benchmarks and the seed's PyTorch models (scripts/benchmarks/, not installed)
 # import as `benchmarks`, as they do when scripts/benchmark.py runs.
@@ -26,6 +30,22 @@ sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__f
 # Tests compare runs at 1e-5; keep matmuls in full float32 on every backend.
 jax.config.update("jax_default_matmul_precision", "float32")
 
+# Prepared data (config.data.prepared_dir) go to a folder of this test process, never to
+# the user's ~/.cache/fmjax/prepared: base_config's default is replaced below, before any
+# test or config file takes base_config, and TINY names the folder for train.py's children.
+PREPARED_DIR = tempfile.mkdtemp(prefix="fmjax-prepared-")
+atexit.register(shutil.rmtree, PREPARED_DIR, ignore_errors=True)
+shipped_base_config = fmjax.config.base_config
+
+
+def _base_config_of_the_tests():
+    config = shipped_base_config()
+    config.data.prepared_dir = PREPARED_DIR
+    return config
+
+
+fmjax.config.base_config = _base_config_of_the_tests
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TRAIN_PY = str(ROOT / "train.py")
 DEFAULT_CONFIG = str(ROOT / "configs" / "default.py")
@@ -33,7 +53,7 @@ DEFAULT_CONFIG = str(ROOT / "configs" / "default.py")
 # 64 (21 steps an epoch, the remainder dropped), two epochs, saved at each epoch's end.
 TINY = [
     "--config", DEFAULT_CONFIG, "--config.image_size=8", "--config.model.hidden=32",
-    "--config.batch_size=64", "--config.num_epochs=2",
+    "--config.batch_size=64", "--config.num_epochs=2", f"--config.data.prepared_dir={PREPARED_DIR}",
 ]
 STEPS_PER_EPOCH, LAST_STEP = 21, 42
 # A train.py child process: conftest's matmul precision, and lines that survive a SIGKILL.

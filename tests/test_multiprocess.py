@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from conftest import (
     DEFAULT_CONFIG,
+    PREPARED_DIR,
     ROOT,
     checkpoint_arrays,
     newest_step,
@@ -33,6 +34,7 @@ TINY = [
     "--config.model.hidden=32",
     "--config.num_epochs=1",
     "--config.batch_size=64",
+    f"--config.data.prepared_dir={PREPARED_DIR}",
 ]
 TIMEOUT_S = 150
 MODES = ("pmap", "jit")

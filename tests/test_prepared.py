@@ -14,9 +14,11 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import shipped_base_config
 
 from fmjax.data import prepared
 from fmjax.data.prepared import PreparedStore
+from fmjax.run import identity
 
 KEY = {"version": 1, "name": "example", "size": 8}
 FACTS = {"class_names": ["a", "b"], "skipped": [3]}
@@ -216,6 +218,12 @@ def test_an_array_of_a_dtype_the_format_does_not_keep_is_refused(store):
     with pytest.raises(ValueError, match="float64"):
         store.write("example", KEY, FACTS, {"x": np.zeros(3)})
     assert os.listdir(store.folder) == []
+
+
+def test_the_config_key_defaults_to_the_users_cache_and_may_change_on_resume():
+    assert shipped_base_config().data.prepared_dir == "~/.cache/fmjax/prepared"
+    saved = {"data.prepared_dir": "~/.cache/fmjax/prepared", "seed": 0}
+    assert identity.differences(saved, {"data.prepared_dir": "", "seed": 0}) == []
 
 
 @pytest.mark.parametrize("forged", [

@@ -1,13 +1,14 @@
 """The input pipeline: a Dataset from a config, batches from a Dataset."""
 
 import functools
-from typing import Callable
+from typing import Callable, Optional
 
 import ml_collections
 
 from fmjax.data.dataset import Dataset
 from fmjax.data.digits import digits_splits
 from fmjax.data.image_folder import image_folder_splits
+from fmjax.data.prepared import PreparedStore
 from fmjax.data.preprocess import Augmentation, prepare_batch
 from fmjax.data.tfds import tfds_splits
 from fmjax.errors import UserError
@@ -68,12 +69,16 @@ def load_dataset(
       data.horizontal_flip: bool, training only: mirror half the images.
       data.on_bad_image: "error" or "skip", image_folder only: what an image
         that cannot be read does.
+      data.prepared_dir: str, where digits and image folders keep their
+        prepared data between runs (fmjax.data.prepared); "" for nowhere.
+        A config.json older than the key has none: "" then.
     """
     source = config.data.source
+    store = _prepared_store(config, report)
     if source == "digits":
         name = "digits"
         class_names, train_split, test_split = digits_splits(
-            config.data.test_fraction, config.data.split_seed, config.image_size
+            config.data.test_fraction, config.data.split_seed, config.image_size, store
         )
     elif source == "image_folder":
         name = config.data.root
@@ -101,6 +106,11 @@ def load_dataset(
         pixel_std=pixel_std,
         augmentation=_augmentation(config),
     )
+
+
+def _prepared_store(config: ml_collections.ConfigDict, report: Callable[[str], None]) -> Optional[PreparedStore]:
+    folder = config.data.get("prepared_dir", "")
+    return PreparedStore(folder, report) if folder else None
 
 
 def _augmentation(config: ml_collections.ConfigDict) -> Augmentation:

@@ -194,6 +194,7 @@ def _check_data(check: _Checker) -> None:
     check.integer("data.random_crop_padding", 0)
     check.boolean("data.horizontal_flip")
     check.choice("data.on_bad_image", BAD_IMAGE_CHOICES)
+    check.text("data.prepared_dir")
     check.choice("data.cache", CACHE_CHOICES)
     check.number("data.device_cache_mb", at_least=0)
     check.number("data.host_cache_mb", at_least=0)

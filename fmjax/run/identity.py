@@ -41,6 +41,7 @@ MAY_CHANGE_ON_RESUME = {
     "data.cache": "where the pixels wait, not their values",
     "data.device_cache_mb": "where the pixels wait, not their values",
     "data.host_cache_mb": "where the pixels wait, not their values",
+    "data.prepared_dir": "where prepared data are kept between runs, the same values either way",
     "host_check_seconds": "how often the host looks in, not what the steps compute",
     "compilation_cache_dir": "where compiled programs are kept between runs",
     "progress_line_seconds": "how often a log file hears of an epoch's progress",
