@@ -82,8 +82,13 @@ def load_dataset(
         )
     elif source == "image_folder":
         name = config.data.root
+        # Streamed batches ("none") decode as they go; nothing is prepared for them.
         class_names, train_split, test_split = image_folder_splits(
-            config.data.root, config.image_size, config.data.on_bad_image, report
+            config.data.root,
+            config.image_size,
+            config.data.on_bad_image,
+            report,
+            store if config.data.cache != "none" else None,
         )
     elif source == "tfds":
         name = config.data.name

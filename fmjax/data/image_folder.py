@@ -20,12 +20,14 @@ lack classes, never add them). Real folders are messy, so:
 - a train/ class folder left with no image is an error: dropping the class
   would shift the labels of the classes after it.
 
-Decoding and resizing are fmjax.data.image_files'.
+Decoding and resizing are fmjax.data.image_files'. With a PreparedStore, a
+split's inspection and, once loaded whole, its pixels are kept between runs
+(fmjax.data.prepared_images).
 """
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from fmjax.data.folder_walk import NOT_REGULAR_KINDS, identity, walk_image_files
 from fmjax.data.image_files import (
@@ -33,6 +35,13 @@ from fmjax.data.image_files import (
     decoding_split,
     inspect_image,
     undecodable_images,
+)
+from fmjax.data.prepared import PreparedStore
+from fmjax.data.prepared_images import (
+    Inspection,
+    listing_key,
+    prepared_inspection,
+    with_prepared_pixels,
 )
 from fmjax.data.split import Split
 from fmjax.errors import UserError
@@ -42,7 +51,11 @@ _MAX_NAMED = 10  # skipped images named in the start-up line; the rest are count
 
 
 def image_folder_splits(
-    root: str, image_size: int, on_bad_image: str, report: Callable[[str], None]
+    root: str,
+    image_size: int,
+    on_bad_image: str,
+    report: Callable[[str], None],
+    store: Optional[PreparedStore] = None,
 ) -> tuple[list[str], Split, Split]:
     """Class names and the (train, test) splits of the image folder at `root`.
 
@@ -51,6 +64,8 @@ def image_folder_splits(
       image_size: images load resized to image_size x image_size.
       on_bad_image: "error" or "skip", for images that cannot be read.
       report: prints one line; told what was left out of each split.
+      store: where each split's inspection and pixels are kept between runs
+        (fmjax.data.prepared_images); None to inspect and decode each time.
     """
     if on_bad_image not in BAD_IMAGE_CHOICES:
         raise UserError(
@@ -82,8 +97,8 @@ def image_folder_splits(
             )
     return (
         class_names,
-        _folder_split(train_dir, class_names, True, image_size, on_bad_image, report),
-        _folder_split(test_dir, class_names, False, image_size, on_bad_image, report),
+        _folder_split(train_dir, class_names, True, image_size, on_bad_image, report, store),
+        _folder_split(test_dir, class_names, False, image_size, on_bad_image, report, store),
     )
 
 
@@ -102,6 +117,7 @@ def _folder_split(
     image_size: int,
     on_bad_image: str,
     report: Callable[[str], None],
+    store: Optional[PreparedStore],
 ) -> Split:
     paths, labels = [], []
     left_out: dict[str, list[str]] = {
@@ -138,24 +154,23 @@ def _folder_split(
             f"fmjax reads {' '.join(IMAGE_EXTENSIONS)}"
         )
 
-    problems, high_depth = zip(*map(inspect_image, paths)) if paths else ((), ())
-    if any(problems) and on_bad_image == "error":
-        raise UserError(f"{next(p for p in problems if p)} (or set config.data.on_bad_image=skip)")
-    keep = [i for i, problem in enumerate(problems) if not problem]
-    if on_bad_image == "skip":
-        undecodable = set(undecodable_images([paths[i] for i in keep], [high_depth[i] for i in keep]))
-        keep = [i for position, i in enumerate(keep) if position not in undecodable]
-        skipped = sorted(set(range(len(paths))) - set(keep))
-        if skipped:
-            named = [os.path.relpath(paths[i], split_dir) for i in skipped]
-            more = f" and {len(named) - _MAX_NAMED} more" if len(named) > _MAX_NAMED else ""
-            report(
-                f"{split_dir}: skipped {_plural(len(named), 'unreadable image')}: "
-                f"{', '.join(named[:_MAX_NAMED])}{more}"
-            )
+    listing, inspection = None, None
+    if store is not None:
+        listing = listing_key(store, str(split_dir), paths, labels, class_names, image_size, on_bad_image)
+        inspection = prepared_inspection(listing, labels)
+    if inspection is None:
+        inspection = _inspected(paths, on_bad_image)
+    if inspection.skipped:
+        named = [os.path.relpath(paths[i], split_dir) for i in inspection.skipped]
+        more = f" and {len(named) - _MAX_NAMED} more" if len(named) > _MAX_NAMED else ""
+        report(
+            f"{split_dir}: skipped {_plural(len(named), 'unreadable image')}: "
+            f"{', '.join(named[:_MAX_NAMED])}{more}"
+        )
+    keep = sorted(set(range(len(paths))) - set(inspection.skipped))
     paths = [paths[i] for i in keep]
     labels = [labels[i] for i in keep]
-    high_depth = [high_depth[i] for i in keep]
+    high_depth = [inspection.high_depth[i] for i in keep]
 
     if every_class_needed:
         present = set(labels)
@@ -170,7 +185,24 @@ def _folder_split(
             f"{split_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
             "put them in one sub-folder per class"
         )
-    return decoding_split(paths, labels, high_depth, image_size, "(or set config.data.on_bad_image=skip)")
+    split = decoding_split(paths, labels, high_depth, image_size, "(or set config.data.on_bad_image=skip)")
+    return split if listing is None else with_prepared_pixels(split, listing, inspection)
+
+
+def _inspected(paths: list[str], on_bad_image: str) -> Inspection:
+    """Which images are unreadable (skipped, or the first an error) and which are high-depth, from the files.
+
+    Raises:
+      UserError: an unreadable image, with on_bad_image="error".
+    """
+    problems, high_depth = zip(*map(inspect_image, paths)) if paths else ((), ())
+    if any(problems) and on_bad_image == "error":
+        raise UserError(f"{next(p for p in problems if p)} (or set config.data.on_bad_image=skip)")
+    keep = [i for i, problem in enumerate(problems) if not problem]
+    if on_bad_image == "skip":
+        undecodable = set(undecodable_images([paths[i] for i in keep], [high_depth[i] for i in keep]))
+        keep = [i for position, i in enumerate(keep) if position not in undecodable]
+    return Inspection(sorted(set(range(len(paths))) - set(keep)), list(high_depth))
 
 
 def _list_class(class_dir: Path, walked: set) -> tuple[list[str], dict[str, list[str]]]:
