@@ -9,8 +9,16 @@ import pytest
 
 import fmjax
 from fmjax.config import base_config
+from fmjax.core import models
 from fmjax.core.losses import cross_entropy
-from fmjax.core.models import ResNet, SeedCNN, ValidConv, create_model
+from fmjax.core.models import (
+    MLP,
+    ResNet,
+    SeedCNN,
+    ValidConv,
+    create_model,
+    matmul_kernel_in_front,
+)
 from fmjax.errors import UserError
 from fmjax.parallel.data_parallel import make_data_parallel
 
@@ -64,6 +72,42 @@ def test_conv_as_shifted_windows_is_lax_conv_with_the_same_params_and_gradients(
     )
     with pytest.raises(UserError, match="config.model.conv is 'fft'"):
         create_model(model_config(conv="fft"), 10)
+
+
+def test_the_kernel_in_front_matmul_is_the_matmul_in_value_gradient_and_forward_mode():
+    x = jax.random.normal(jax.random.key(0), (5, 12))
+    kernel = jax.random.normal(jax.random.key(1), (12, 7))
+    x_dot = jax.random.normal(jax.random.key(2), (5, 12))
+    kernel_dot = jax.random.normal(jax.random.key(3), (12, 7))
+    plain = lambda x, kernel: x @ kernel  # noqa: E731
+    np.testing.assert_array_equal(matmul_kernel_in_front(x, kernel), plain(x, kernel))
+
+    def loss(matmul):
+        return lambda x, kernel: jnp.sum(jnp.tanh(matmul(x, kernel)) ** 2)
+
+    grads = jax.jit(jax.grad(loss(matmul_kernel_in_front), argnums=(0, 1)))(x, kernel)
+    chex.assert_trees_all_close(grads, jax.grad(loss(plain), argnums=(0, 1))(x, kernel), rtol=1e-5, atol=1e-6)
+    tangent = jax.jvp(matmul_kernel_in_front, (x, kernel), (x_dot, kernel_dot))[1]
+    chex.assert_trees_all_close(tangent, x_dot @ kernel + x @ kernel_dot, rtol=1e-5, atol=1e-5)
+    hessian = jax.hessian(loss(matmul_kernel_in_front))(x, kernel)
+    chex.assert_trees_all_close(hessian, jax.hessian(loss(plain))(x, kernel), rtol=1e-4, atol=1e-5)
+    per_example = jax.vmap(jax.grad(loss(matmul_kernel_in_front), argnums=1), in_axes=(0, None))(x[:, None], kernel)
+    chex.assert_trees_all_close(per_example.sum(0), grads[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", [SeedCNN(3, features=4, kernel_size=3, hidden=8), MLP(3, hidden=(16, 8))])
+def test_the_seed_models_train_as_with_flaxs_own_dense(model, monkeypatch):
+    images = jax.random.uniform(jax.random.key(1), (3, 9, 9, 3))
+    labels = jnp.array([0, 2, 1])
+    params = model.init(jax.random.key(0), images)
+
+    def grads():
+        return jax.jit(jax.grad(lambda p: cross_entropy(model.apply(p, images), labels)))(params)
+
+    ours = grads()
+    monkeypatch.setattr(models, "dense_dot_general", jax.lax.dot_general)
+    chex.assert_trees_all_close(ours, grads(), rtol=1e-5, atol=1e-6)
+    assert jax.tree.structure(ours) == jax.tree.structure(params)
 
 
 def test_unknown_model_choices_are_user_errors():

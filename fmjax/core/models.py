@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from fmjax.errors import UserError
 
@@ -80,6 +81,61 @@ class ValidConv(nn.Module):
         return out + bias
 
 
+@jax.custom_jvp
+def matmul_kernel_in_front(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+    """x @ kernel for x [B, K] and kernel [K, N], whose gradient in x is computed as kernel @ dy.T.
+
+    The same function as `x @ kernel`, with the same forward pass. What
+    differs is the derivative in x, which the backward pass of a layer after
+    another needs: written plainly, XLA's CPU backend computes it as
+    dy @ kernel.T, a product over the kernel's transpose that ran at half the
+    speed of the forward product (the seed's fc1, 4608 x 1000). Its tangent is
+    written here with the kernel in front, so its transpose is kernel @ dy.T,
+    and an optimization barrier keeps XLA from folding it back. The seed's
+    step at 16x16: 12.4 ms against 13.1 ms; at 32x32, 72.7 ms against 78.1 ms.
+    A custom_jvp, not a custom_vjp, so forward-mode derivatives still work.
+    """
+    return x @ kernel
+
+
+def _matmul_kernel_in_front_jvp(primals, tangents):
+    x, kernel = primals
+    x_dot, kernel_dot = tangents
+    # A symbolic zero (a first layer's input, which nothing differentiates) costs nothing.
+    parts = []
+    if not isinstance(x_dot, SymbolicZero):
+        parts.append((kernel.T @ jax.lax.optimization_barrier(x_dot.T)).T)
+    if not isinstance(kernel_dot, SymbolicZero):
+        parts.append(x @ kernel_dot)
+    y = x @ kernel
+    return y, functools.reduce(jnp.add, parts) if parts else jnp.zeros_like(y)
+
+
+matmul_kernel_in_front.defjvp(_matmul_kernel_in_front_jvp, symbolic_zeros=True)
+
+
+def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """nn.Dense's product (lax.dot_general's signature): matmul_kernel_in_front on CPU, plain elsewhere.
+
+    GPU and TPU compilers pick their own layouts for the transposed product,
+    so they get lax.dot_general, as does any product but a plain [B, K] x [K, N].
+    """
+    plain = (
+        jax.default_backend() != "cpu"
+        or lhs.ndim != 2
+        or rhs.ndim != 2
+        or tuple(map(tuple, dimension_numbers[0])) != ((1,), (0,))
+        or any(dimension_numbers[1])
+        or precision is not None
+        or preferred_element_type is not None
+    )
+    if plain:
+        return jax.lax.dot_general(
+            lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=preferred_element_type
+        )
+    return matmul_kernel_in_front(lhs, rhs)
+
+
 class SeedCNN(nn.Module):
     """The seed's Net: conv (VALID, stride 1) -> act -> flatten -> fc1 -> act -> fc2.
 
@@ -108,8 +164,9 @@ class SeedCNN(nn.Module):
         )(images)
         x = act(x)
         x = x.reshape((x.shape[0], -1))
-        x = act(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x))
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="fc2")(x)
+        dense = functools.partial(nn.Dense, dtype=self.dtype, dot_general=dense_dot_general)
+        x = act(dense(self.hidden, name="fc1")(x))
+        return dense(self.num_classes, name="fc2")(x)
 
 
 class MLP(nn.Module):
@@ -123,12 +180,11 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
         act = get_activation(self.activation)
+        dense = functools.partial(nn.Dense, dtype=self.dtype, dot_general=dense_dot_general)
         x = images.reshape((images.shape[0], -1))
         for i, width in enumerate(self.hidden):
-            x = act(nn.Dense(width, dtype=self.dtype, name=f"fc{i + 1}")(x))
-        return nn.Dense(
-            self.num_classes, dtype=self.dtype, name=f"fc{len(self.hidden) + 1}"
-        )(x)
+            x = act(dense(width, name=f"fc{i + 1}")(x))
+        return dense(self.num_classes, name=f"fc{len(self.hidden) + 1}")(x)
 
 
 class ResidualBlock(nn.Module):
