@@ -9,7 +9,6 @@ import pytest
 
 import fmjax
 from fmjax.config import base_config
-from fmjax.core import models
 from fmjax.core.losses import cross_entropy
 from fmjax.core.models import (
     MLP,
@@ -96,18 +95,24 @@ def test_the_kernel_in_front_matmul_is_the_matmul_in_value_gradient_and_forward_
 
 
 @pytest.mark.parametrize("model", [SeedCNN(3, features=4, kernel_size=3, hidden=8), MLP(3, hidden=(16, 8))])
-def test_the_seed_models_train_as_with_flaxs_own_dense(model, monkeypatch):
+def test_the_seed_models_train_as_with_flaxs_own_dense(model):
     images = jax.random.uniform(jax.random.key(1), (3, 9, 9, 3))
     labels = jnp.array([0, 2, 1])
-    params = model.init(jax.random.key(0), images)
+    kernel_in_front, plain = (model.clone(dense_implementation=impl) for impl in ("kernel_in_front", "plain"))
+    params = plain.init(jax.random.key(0), images)
+    chex.assert_trees_all_equal(params, kernel_in_front.init(jax.random.key(0), images))
 
-    def grads():
+    def grads(model):
         return jax.jit(jax.grad(lambda p: cross_entropy(model.apply(p, images), labels)))(params)
 
-    ours = grads()
-    monkeypatch.setattr(models, "dense_dot_general", jax.lax.dot_general)
-    chex.assert_trees_all_close(ours, grads(), rtol=1e-5, atol=1e-6)
-    assert jax.tree.structure(ours) == jax.tree.structure(params)
+    chex.assert_trees_all_close(grads(kernel_in_front), grads(plain), rtol=1e-5, atol=1e-6)
+    # On CPU "auto" is kernel_in_front: the same program.
+    chex.assert_trees_all_equal(grads(model), grads(kernel_in_front))
+    jaxpr = jax.make_jaxpr(lambda p: kernel_in_front.apply(p, images))(params)
+    assert "name=matmul_kernel_in_front" in str(jaxpr)
+    assert "name=matmul_kernel_in_front" not in str(jax.make_jaxpr(lambda p: plain.apply(p, images))(params))
+    with pytest.raises(UserError, match="config.model.dense is 'fast'; use one of auto, plain, kernel_in_front"):
+        create_model(model_config(dense="fast"), 10)
 
 
 def test_unknown_model_choices_are_user_errors():

@@ -34,6 +34,7 @@ def get_activation(name: str) -> Callable[[jnp.ndarray], jnp.ndarray]:
 
 
 CONV_IMPLEMENTATIONS = ("auto", "native", "slices")
+DENSE_IMPLEMENTATIONS = ("auto", "plain", "kernel_in_front")
 
 
 class ValidConv(nn.Module):
@@ -83,30 +84,24 @@ class ValidConv(nn.Module):
 
 @jax.custom_jvp
 def matmul_kernel_in_front(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
-    """x @ kernel for x [B, K] and kernel [K, N], whose gradient in x is computed as kernel @ dy.T.
+    """x @ kernel for x [B, K] and kernel [K, N], the gradient in x computed as kernel @ dy.T.
 
-    The same function as `x @ kernel`, with the same forward pass. What
-    differs is the derivative in x, which the backward pass of a layer after
-    another needs: written plainly, XLA's CPU backend computes it as
-    dy @ kernel.T, a product over the kernel's transpose that ran at half the
-    speed of the forward product (the seed's fc1, 4608 x 1000). Its tangent is
-    written here with the kernel in front, so its transpose is kernel @ dy.T,
-    and an optimization barrier keeps XLA from folding it back. The seed's
-    step at 16x16: 12.4 ms against 13.1 ms; at 32x32, 72.7 ms against 78.1 ms.
-    A custom_jvp, not a custom_vjp, so forward-mode derivatives still work.
+    The same function and forward pass as `x @ kernel`. Written plainly, XLA's
+    CPU backend computes the gradient in x as dy @ kernel.T, which ran at half
+    the forward product's speed for the seed's fc1 (4608 x 1000). The tangent
+    below keeps the kernel in front, so its transpose is kernel @ dy.T, and an
+    optimization barrier keeps XLA from folding it back: the seed's step took
+    12.4 ms against 13.1 ms at 16x16, 72.7 ms against 78.1 ms at 32x32. A
+    custom_jvp, not a custom_vjp, so forward-mode derivatives still work.
     """
     return x @ kernel
 
 
 def _matmul_kernel_in_front_jvp(primals, tangents):
-    x, kernel = primals
-    x_dot, kernel_dot = tangents
-    # A symbolic zero (a first layer's input, which nothing differentiates) costs nothing.
-    parts = []
-    if not isinstance(x_dot, SymbolicZero):
-        parts.append((kernel.T @ jax.lax.optimization_barrier(x_dot.T)).T)
-    if not isinstance(kernel_dot, SymbolicZero):
-        parts.append(x @ kernel_dot)
+    (x, kernel), (x_dot, kernel_dot) = primals, tangents
+    # Symbolic zeros (a first layer's input, which nothing differentiates) cost nothing.
+    parts = [] if isinstance(x_dot, SymbolicZero) else [(kernel.T @ jax.lax.optimization_barrier(x_dot.T)).T]
+    parts += [] if isinstance(kernel_dot, SymbolicZero) else [x @ kernel_dot]
     y = x @ kernel
     return y, functools.reduce(jnp.add, parts) if parts else jnp.zeros_like(y)
 
@@ -114,26 +109,34 @@ def _matmul_kernel_in_front_jvp(primals, tangents):
 matmul_kernel_in_front.defjvp(_matmul_kernel_in_front_jvp, symbolic_zeros=True)
 
 
-def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-    """nn.Dense's product (lax.dot_general's signature): matmul_kernel_in_front on CPU, plain elsewhere.
+def kernel_in_front_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """nn.Dense's product (lax.dot_general's signature) through matmul_kernel_in_front.
 
-    GPU and TPU compilers pick their own layouts for the transposed product,
-    so they get lax.dot_general, as does any product but a plain [B, K] x [K, N].
+    Any product but a plain [B, K] x [K, N] at the default precision goes to
+    lax.dot_general unchanged.
     """
-    plain = (
-        jax.default_backend() != "cpu"
-        or lhs.ndim != 2
-        or rhs.ndim != 2
-        or tuple(map(tuple, dimension_numbers[0])) != ((1,), (0,))
-        or any(dimension_numbers[1])
-        or precision is not None
-        or preferred_element_type is not None
-    )
-    if plain:
+    (contracting, batch) = dimension_numbers
+    matrix_product = (lhs.ndim, rhs.ndim) == (2, 2) and tuple(map(tuple, contracting)) == ((1,), (0,)) and not any(batch)
+    if not matrix_product or precision is not None or preferred_element_type is not None:
         return jax.lax.dot_general(
             lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=preferred_element_type
         )
     return matmul_kernel_in_front(lhs, rhs)
+
+
+def seed_dense(implementation: str, dtype: jnp.dtype) -> Callable[..., nn.Module]:
+    """nn.Dense for the seed's models, its product as `implementation` says.
+
+    "plain" is Flax's own; "kernel_in_front" is matmul_kernel_in_front (the
+    same function; its input gradient runs faster on CPU); "auto" picks
+    "kernel_in_front" on CPU and "plain" on GPU and TPU, whose compilers
+    choose their own layouts for the transposed product.
+    """
+    if implementation == "auto":
+        implementation = "kernel_in_front" if jax.default_backend() == "cpu" else "plain"
+    if implementation == "plain":
+        return functools.partial(nn.Dense, dtype=dtype)
+    return functools.partial(nn.Dense, dtype=dtype, dot_general=kernel_in_front_dot_general)
 
 
 class SeedCNN(nn.Module):
@@ -151,6 +154,7 @@ class SeedCNN(nn.Module):
     activation: str = "relu"
     dtype: jnp.dtype = jnp.float32
     conv_implementation: str = "auto"  # see ValidConv
+    dense_implementation: str = "auto"  # see seed_dense
 
     @nn.compact
     def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
@@ -164,7 +168,7 @@ class SeedCNN(nn.Module):
         )(images)
         x = act(x)
         x = x.reshape((x.shape[0], -1))
-        dense = functools.partial(nn.Dense, dtype=self.dtype, dot_general=dense_dot_general)
+        dense = seed_dense(self.dense_implementation, self.dtype)
         x = act(dense(self.hidden, name="fc1")(x))
         return dense(self.num_classes, name="fc2")(x)
 
@@ -176,11 +180,12 @@ class MLP(nn.Module):
     hidden: Sequence[int] = (1000,)
     activation: str = "relu"
     dtype: jnp.dtype = jnp.float32
+    dense_implementation: str = "auto"  # see seed_dense
 
     @nn.compact
     def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
         act = get_activation(self.activation)
-        dense = functools.partial(nn.Dense, dtype=self.dtype, dot_general=dense_dot_general)
+        dense = seed_dense(self.dense_implementation, self.dtype)
         x = images.reshape((images.shape[0], -1))
         for i, width in enumerate(self.hidden):
             x = act(dense(width, name=f"fc{i + 1}")(x))
@@ -253,6 +258,9 @@ def create_model(model_config, num_classes: int) -> nn.Module:
             f"config.model.dtype is {model_config.dtype!r}; use one of {', '.join(DTYPES)}"
         )
     dtype = DTYPES[model_config.dtype]
+    dense = model_config.get("dense", "auto")  # absent from the config.json of older runs
+    if dense not in DENSE_IMPLEMENTATIONS:
+        raise UserError(f"config.model.dense is {dense!r}; use one of {', '.join(DENSE_IMPLEMENTATIONS)}")
     if model_config.name == "seed_cnn":
         if model_config.conv not in CONV_IMPLEMENTATIONS:
             raise UserError(
@@ -267,6 +275,7 @@ def create_model(model_config, num_classes: int) -> nn.Module:
             activation=model_config.activation,
             dtype=dtype,
             conv_implementation=model_config.conv,
+            dense_implementation=dense,
         )
     if model_config.name == "mlp":
         return MLP(
@@ -274,6 +283,7 @@ def create_model(model_config, num_classes: int) -> nn.Module:
             hidden=tuple(model_config.mlp_hidden),
             activation=model_config.activation,
             dtype=dtype,
+            dense_implementation=dense,
         )
     if model_config.name == "resnet":
         return ResNet(

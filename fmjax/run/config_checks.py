@@ -17,7 +17,13 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import ml_collections
 
 from fmjax.core.losses import LOSSES
-from fmjax.core.models import ACTIVATIONS, CONV_IMPLEMENTATIONS, DTYPES, MODELS
+from fmjax.core.models import (
+    ACTIVATIONS,
+    CONV_IMPLEMENTATIONS,
+    DENSE_IMPLEMENTATIONS,
+    DTYPES,
+    MODELS,
+)
 from fmjax.core.optim import OPTIMIZERS, SCHEDULES
 from fmjax.data import CACHE_CHOICES
 from fmjax.data import SOURCES as DATA_SOURCES
@@ -219,6 +225,7 @@ def _check_model(check: _Checker, image_size: int) -> None:
     check.integer("model.resnet_width", 1)
     check.choice("model.dtype", tuple(DTYPES))
     check.choice("model.conv", CONV_IMPLEMENTATIONS)
+    check.choice("model.dense", DENSE_IMPLEMENTATIONS)
     if name == "seed_cnn" and image_size < kernel_size:
         # A VALID convolution of a kernel larger than the image has no output.
         check._fail(

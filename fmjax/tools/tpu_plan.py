@@ -100,8 +100,11 @@ def _compile_plan(config: ml_collections.ConfigDict, slice_: Slice, shard_params
 
     config = config.copy_and_resolve_references()
     config.shard_params = shard_params
+    # What "auto" picks on a TPU; traced on this host, "auto" would pick the CPU's.
     if config.model.conv == "auto":
-        config.model.conv = "native"  # what "auto" picks on a TPU
+        config.model.conv = "native"
+    if config.model.dense == "auto":
+        config.model.dense = "plain"
     devices = topology_devices(slice_)
     # Digits come as float pixels, image files as uint8.
     pixels = np.float32 if config.data.source == "digits" else np.uint8
