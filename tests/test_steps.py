@@ -229,3 +229,4 @@ def test_the_finite_flag_sees_opposite_infinities_and_a_nan_loss():
     grads["kernel"][0, 0], grads["kernel"][3, 3] = np.inf, -np.inf
     assert not bool(update_is_finite(jnp.float32(0.0), grads, {}))
     assert not bool(update_is_finite(jnp.float32(np.nan), {"kernel": np.zeros((4, 4), np.float32)}, {}))
+    assert bool(update_is_finite(jnp.float32(0.0), {"empty": np.zeros((4, 0), np.float32)}, {}))

@@ -154,7 +154,7 @@ def update_is_finite(loss: jnp.ndarray, grads: Any, batch_stats: Any) -> jnp.nda
 
 def _leaf_sum(leaf: jnp.ndarray) -> jnp.ndarray:
     """The sum of `leaf`'s elements; a NaN or an Inf anywhere makes it NaN or Inf."""
-    if leaf.ndim < 2:
+    if leaf.ndim < 2 or leaf.size == 0:
         return jnp.sum(leaf)
     # As a product with a vector of ones: on CPU, XLA's reduction of a large
     # array is slower than its matrix-vector product (the seed's fc1 gradient
