@@ -58,7 +58,8 @@ def test_an_entry_reads_back_as_written(store):
     assert_reads_back(store)
     (name,) = os.listdir(store.folder)
     assert name.startswith("example-") and name.endswith(prepared.SUFFIX)
-    assert os.stat(store.path("example", KEY)).st_mode & 0o777 == 0o644
+    assert os.stat(store.path("example", KEY)).st_mode & 0o777 == 0o600  # decoded images may be private
+    assert os.stat(store.folder).st_mode & 0o777 == 0o700
     assert store.read("example", {**KEY, "size": 16}) is None  # another key, another file
     assert store.read("other", KEY) is None
     assert store.lines == []

@@ -123,15 +123,21 @@ def test_a_touched_added_or_removed_file_misses(tmp_path, decodes):
     assert len(entries(prepared)) == 2
 
 
-def test_the_key_is_each_files_size_and_time_not_its_bytes(tmp_path):
-    """What the key cannot see: a file rewritten in place at its old size, its time set back."""
+def test_a_file_rewritten_with_its_time_set_back_or_only_chmodded_is_read_again(tmp_path, decodes):
+    """The key holds each file's change time (ctime), which every write and chmod moves and nothing sets back."""
     root, prepared = write_folder(tmp_path / "photos"), tmp_path / "prepared"
-    first = loaded(make_config(root, prepared))
+    config = make_config(root, prepared, on_bad_image="skip")
+    first = loaded(config)
     path = root / "test" / "a" / "0.jpg"
     info = os.stat(path)
-    path.write_bytes(path.read_bytes()[::-1])  # the same size, other bytes
+    path.write_bytes(path.read_bytes()[::-1])  # the same size, other bytes: no image any more
     os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
-    assert_same(loaded(make_config(root, prepared)), first)
+    rewritten = loaded(config)
+    assert len(rewritten[3]) == len(first[3]) - 1  # the test split lost the image
+    before = decodes["inspected"]
+    os.chmod(path, 0o600)
+    loaded(config)
+    assert decodes["inspected"] > before
 
 
 def truncated_jpeg() -> bytes:

@@ -145,7 +145,8 @@ class PreparedStore:
         """
         path = self.path(kind, key)
         try:
-            os.makedirs(self.folder, exist_ok=True)
+            # The user's own: decoded images may be private.
+            os.makedirs(self.folder, mode=0o700, exist_ok=True)
             _write_whole(path, _encoded(key, facts, arrays))
             if keep_only_this:
                 _delete_other_entries(self.folder, kind, os.path.basename(path))
@@ -249,7 +250,7 @@ def _write_whole(path: str, pieces: Iterator[Any]) -> None:
         with os.fdopen(descriptor, "wb") as f:
             for piece in pieces:
                 f.write(piece)
-            os.fchmod(f.fileno(), 0o644)
+            os.fchmod(f.fileno(), 0o600)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):

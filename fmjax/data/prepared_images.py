@@ -1,8 +1,9 @@
 """An image folder's split kept prepared on disk: its decoded, resized pixels and what its inspection found.
 
 An entry is keyed by every listed file's path (relative to the split's
-folder), label, size and modification time (ns), the class names, the image
-size and on_bad_image: changing, adding or removing a file makes another key.
+folder), label, size, modification and change times (ns), inode and device,
+the class names, the image size, on_bad_image and the versions of the
+decoders: changing, adding, removing or chmodding a file makes another key.
 It holds the pixels and labels of the images kept, and the inspection's
 findings (the images skipped as unreadable, the high-depth ones), so a later
 run reads them instead of inspecting and decoding every file, and names the
@@ -15,6 +16,7 @@ on the devices or in host memory); streamed batches never write one.
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 import os
 from typing import Optional
@@ -65,10 +67,12 @@ def listing_key(
     for path, label in zip(paths, labels):
         try:
             info = os.stat(path)
-            size, modified = info.st_size, info.st_mtime_ns
+            # ctime changes with every write and chmod and cannot be set back, so a
+            # file copied with its mtime kept, or made readable, is seen as changed.
+            facts = [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev]
         except OSError:
-            size = modified = None  # named as unreadable when inspected
-        files.update(json.dumps([label, os.path.relpath(path, split_dir), size, modified]).encode() + b"\n")
+            facts = None  # named as unreadable when inspected
+        files.update(json.dumps([label, os.path.relpath(path, split_dir), facts]).encode() + b"\n")
     slot = {"folder": os.path.abspath(split_dir), "image_size": image_size, "on_bad_image": on_bad_image}
     key = {
         "version": _PREPARED_VERSION,
@@ -77,8 +81,20 @@ def listing_key(
         "class_names": list(class_names),
         "image_size": image_size,
         "on_bad_image": on_bad_image,
+        "decoders": _decoder_versions(),
     }
     return PreparedListing(store, f"folder-{key_digest(slot)}", key)
+
+
+def _decoder_versions() -> dict[str, Optional[str]]:
+    """The installed versions of what decodes and resizes the images (PIL; TensorFlow for 16-bit colour PNGs)."""
+    versions = {}
+    for package in ("pillow", "tensorflow", "tensorflow-cpu"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
 
 
 def prepared_inspection(listing: PreparedListing, labels: list[int]) -> Optional[Inspection]:
