@@ -8,7 +8,6 @@ command resumes). A resume with another run-defining config is refused (exit 2) 
 --allow_config_change.
 """
 
-
 from fmjax import cli
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ Loads only the params, prints the accuracy over every test example and writes
 DIR/eval_<step>.json. Exit statuses: 0 done, 2 bad input.
 """
 
-
 from fmjax import cli
 
 if __name__ == "__main__":

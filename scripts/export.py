@@ -7,7 +7,6 @@ symbolic batch; float32 images in [0, 1]) and DIR/class_names.json. Images
 are of the run's size. Exit statuses: 0 done, 2 bad input.
 """
 
-
 from fmjax import cli
 
 if __name__ == "__main__":

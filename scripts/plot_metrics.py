@@ -6,7 +6,6 @@ against epoch, the runs overlaid and named by their folders, to one PNG
 done, 2 bad input.
 """
 
-
 from fmjax import cli
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ line per image, or with --json a list of {"path", "predictions": [{"class",
 "probability"}]}. Exit statuses: 0 done, 2 bad input.
 """
 
-
 from fmjax import cli
 
 if __name__ == "__main__":

@@ -74,13 +74,13 @@ def run(main: Callable[[Sequence[str]], int], argv: Optional[Sequence[str]] = No
 
 
 def run_command(main: Callable[[Sequence[str]], int]) -> NoReturn:
-    """Runs `main` on sys.argv as `run` does and ends the process with its exit status.
+    """Runs `main` on sys.argv as `run` does, then exits the process with its status.
 
-    Everything still alive is moved out of the garbage collector's reach
-    first (gc.freeze): the interpreter's last collections would otherwise
-    walk every object a training run leaves, about 0.4 s of its exit.
-    Nothing is lost: files and checkpoints are closed by then, and memory
-    goes back to the system with the process.
+    For a command's entry point only. Everything still alive is first moved
+    out of the garbage collector's reach (gc.freeze): the interpreter's last
+    collections would otherwise walk every object a training run leaves,
+    about 0.4 s of its exit. fmjax's files and checkpoints are closed by then;
+    an object kept alive only by a reference cycle is not finalized.
     """
     status = run(main)
     gc.freeze()

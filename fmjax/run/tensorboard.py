@@ -50,7 +50,8 @@ class EpochSummaries:
             raise UserError(
                 f"{directory} is not a folder; move it away, fmjax writes the run's TensorBoard events there"
             )
-        os.makedirs(directory, exist_ok=True)
+        with files.named_write_errors(directory):
+            os.makedirs(directory, exist_ok=True)
         now = time.time()
         # A new file per run, named as TensorBoard's readers expect.
         self._path = os.path.join(
