@@ -135,6 +135,21 @@ def test_3_a_full_disk_stops_training_at_once_with_one_line(tmp_path, capsys, mo
         assert saved_steps(workdir) == []
 
 
+def test_3_a_write_that_fails_after_the_next_epoch_trained_still_logs_no_later_epoch(tmp_path, capsys, monkeypatch):
+    """The race a loaded machine lost: the steps' checks of the background write all came
+    before it failed. The epoch's end waits for it, so no line runs ahead of the failure."""
+    check = ckpt.raise_if_save_failed
+    monkeypatch.setattr(ckpt, "raise_if_save_failed", lambda manager, wait=False: check(manager) if wait else None)
+    with small_disk(tmp_path / "disk", "200k") as mounted:
+        if not mounted:
+            pytest.skip("needs a tmpfs (root and mount) for a write that fails in the background")
+        workdir = tmp_path / "disk" / "run"
+        assert train(workdir) == cli.EXIT_WRITE_FAILED
+        assert "no space left on the device" in one_error_line(capsys)
+        assert [r["epoch"] for r in rundir.read_metrics(str(workdir))] == [1]
+        assert saved_steps(workdir) == []
+
+
 def test_3_a_refused_write_in_the_run_folder_is_one_line_too(tiny_run_copy, capsys, monkeypatch):
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -121,20 +121,23 @@ _step_in_flight: dict[int, int] = {}
 _in_flight_lock = threading.Lock()
 
 
-def raise_if_save_failed(manager: ocp.CheckpointManager) -> None:
+def raise_if_save_failed(manager: ocp.CheckpointManager, wait: bool = False) -> None:
     """Raises CheckpointWriteError if a background write has failed; cheap, call it every step.
+
+    With `wait`, a write in progress is first waited for, so that on return it
+    is known to have completed.
 
     Raises:
       CheckpointWriteError: naming the cause and the newest complete step.
     """
     with _in_flight_lock:
         step = _step_in_flight.get(id(manager))
-    if step is None or manager.is_saving_in_progress():
+    if step is None or (manager.is_saving_in_progress() and not wait):
         return
     with _in_flight_lock:
         _step_in_flight.pop(id(manager), None)
     try:
-        manager.wait_until_finished()  # returns at once; raises what the write raised
+        manager.wait_until_finished()  # raises what the write raised
         manager.check_for_errors()
     except Exception as error:  # noqa: BLE001 - any failure of the write stops training
         raise _write_error(manager, error, step) from error

@@ -194,6 +194,8 @@ def train_and_evaluate(
                     members,
                 )
                 best_member = result.get("best_member")
+                # No epoch's line runs ahead of a checkpoint that failed to write.
+                ckpt.raise_if_save_failed(manager, wait=True)
                 records.write(result, parts.learning_rate(step - 1))
                 epochs_logged, sums, timed_seconds, timed_steps = step // steps_per_epoch, TrainSums(), 0.0, 0
             # The one save: after the epoch's line, so a checkpoint whose record says
