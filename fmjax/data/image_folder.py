@@ -39,6 +39,7 @@ from fmjax.data.image_files import (
 from fmjax.data.prepared import PreparedStore
 from fmjax.data.prepared_images import (
     Inspection,
+    kept_positions,
     listing_key,
     prepared_inspection,
     with_prepared_pixels,
@@ -167,7 +168,7 @@ def _folder_split(
             f"{split_dir}: skipped {_plural(len(named), 'unreadable image')}: "
             f"{', '.join(named[:_MAX_NAMED])}{more}"
         )
-    keep = sorted(set(range(len(paths))) - set(inspection.skipped))
+    keep = kept_positions(len(paths), inspection.skipped)
     paths = [paths[i] for i in keep]
     labels = [labels[i] for i in keep]
     high_depth = [inspection.high_depth[i] for i in keep]

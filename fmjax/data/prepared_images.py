@@ -53,6 +53,11 @@ class Inspection:
     entry: Optional[Entry] = None
 
 
+def kept_positions(count: int, skipped: list[int]) -> list[int]:
+    """The positions of a listing of `count` files that are not `skipped`, in order."""
+    return sorted(set(range(count)) - set(skipped))
+
+
 def listing_key(
     store: PreparedStore,
     split_dir: str,
@@ -105,7 +110,7 @@ def prepared_inspection(listing: PreparedListing, labels: list[int]) -> Optional
     skipped, high_depth = entry.facts.get("skipped"), entry.facts.get("high_depth")
     if not (_are_positions(skipped, len(labels)) and _are_positions(high_depth, len(labels))):
         return None
-    kept = sorted(set(range(len(labels))) - set(skipped))
+    kept = kept_positions(len(labels), skipped)
     if set(high_depth) & set(skipped) or "pixels" not in entry.arrays:
         return None
     stored_labels = entry.array("labels")

@@ -117,12 +117,17 @@ def write_file_atomically(path: str, data: bytes, mode: int = 0o644) -> None:
       WriteError: the folder is full or not writable; `path` is as it was.
     """
     with named_write_errors(path), _new_temporary_file(path) as (descriptor, temporary):
-        view = memoryview(data)
-        while view:
-            view = view[os.write(descriptor, view) :]
+        write_all(descriptor, data)
         os.fchmod(descriptor, mode)
         os.fsync(descriptor)
         os.replace(temporary, path)
+
+
+def write_all(descriptor: int, data: bytes) -> None:
+    """Writes all of `data` to the open file `descriptor`; os.write may take only part of it."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(descriptor, view) :]
 
 
 def write_file_with(path: str, write: Callable[[str], None]) -> None:

@@ -93,9 +93,7 @@ class EpochSummaries:
         record = frame_record(event.SerializeToString())
         with files.named_write_errors(self._path):
             try:
-                unwritten = memoryview(record)
-                while unwritten:
-                    unwritten = unwritten[os.write(self._descriptor, unwritten) :]
+                files.write_all(self._descriptor, record)
             except OSError:
                 # A record cut short on a full disk would end the file for TensorBoard's
                 # reader, and records written after it would never be read: cut it off.
