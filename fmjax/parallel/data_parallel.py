@@ -34,6 +34,7 @@ def make_data_parallel(
     prepare: Prepare = drop_index,
     check_finite: bool = True,
     grad_accum_steps: int = 1,
+    update_in_conditional: Optional[bool] = None,
     shard_params: bool = False,
     shard_params_min_size: int = 0,
     devices: Optional[Sequence[jax.Device]] = None,
@@ -52,6 +53,8 @@ def make_data_parallel(
         fmjax.core.steps.train_step).
       check_finite: whether train steps report the "finite" flag (see
         fmjax.core.steps.train_step).
+      update_in_conditional: where train steps compute the update (see
+        fmjax.core.steps.train_step; None: by the backend).
       shard_params: config.shard_params; "jit" only: shard the params and
         optimizer state over the devices (FSDP) instead of replicating them.
       shard_params_min_size: config.shard_params_min_size; arrays with fewer
@@ -61,7 +64,11 @@ def make_data_parallel(
       member_seeds: for a population's state (a leading member axis), each
         member's seed, for its augmentation (see per_device_steps).
     """
-    step_options = {"check_finite": check_finite, "grad_accum_steps": grad_accum_steps}
+    step_options = {
+        "check_finite": check_finite,
+        "grad_accum_steps": grad_accum_steps,
+        "update_in_conditional": update_in_conditional,
+    }
     if mode == "pmap":
         if shard_params:
             raise UserError(
@@ -101,6 +108,8 @@ def parallel_from_config(
         prepare=prepare,
         check_finite=config.halt_on_nonfinite,
         grad_accum_steps=config.grad_accum_steps,
+        # Absent from the config.json of older runs.
+        update_in_conditional=steps.update_in_conditional(config.optimizer.get("update", "auto")),
         shard_params=config.shard_params,
         shard_params_min_size=config.shard_params_min_size,
         devices=devices,

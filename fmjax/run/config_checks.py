@@ -25,6 +25,7 @@ from fmjax.core.models import (
     MODELS,
 )
 from fmjax.core.optim import OPTIMIZERS, SCHEDULES
+from fmjax.core.steps import UPDATE_PLACEMENTS
 from fmjax.data import CACHE_CHOICES
 from fmjax.data import SOURCES as DATA_SOURCES
 from fmjax.data.image_folder import BAD_IMAGE_CHOICES
@@ -244,3 +245,4 @@ def _check_optimizer(check: _Checker) -> None:
     check.number("optimizer.momentum", at_least=0)
     check.boolean("optimizer.nesterov")
     check.number("optimizer.weight_decay", at_least=0)
+    check.choice("optimizer.update", UPDATE_PLACEMENTS)

@@ -1,0 +1,141 @@
+"""train_step's update in a conditional: inline's numbers, and in place under jit and pmap."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import fmjax
+from fmjax.config import base_config
+from fmjax.core.models import SeedCNN
+from fmjax.core.steps import update_in_conditional
+from fmjax.errors import UserError
+from fmjax.run.config_checks import check_config
+
+IMAGE = (16, 16, 3)
+# fc1: 12 * 12 * 8 inputs x 256 = 295,000 floats, far the largest array.
+FC1_BYTES = 12 * 12 * 8 * 256 * 4
+
+
+def make_state():
+    model = SeedCNN(num_classes=4, features=8, hidden=256)
+    return fmjax.create_train_state(
+        jax.random.key(0), model, optax.adam(1e-3), jnp.zeros((1, *IMAGE))
+    )
+
+
+def make_batch(seed):
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.random((8, *IMAGE), dtype=np.float32),
+        "label": rng.integers(0, 4, 8).astype(np.int32),
+    }
+
+
+def jit_step(in_conditional):
+    return jax.jit(
+        functools.partial(fmjax.train_step, update_in_conditional=in_conditional),
+        donate_argnums=0,
+    )
+
+
+def pmap_step(in_conditional):
+    step = functools.partial(
+        fmjax.train_step, axis_name="d", update_in_conditional=in_conditional
+    )
+    return jax.pmap(step, "d", donate_argnums=0)
+
+
+def one_device(tree):
+    return jax.tree.map(lambda x: jnp.asarray(x)[None], tree)
+
+
+def numbers(state, device_axis):
+    """The params and optimizer state as numpy, the device axis dropped."""
+    return jax.tree.map(
+        lambda x: np.asarray(x[0] if device_axis else x),
+        (state.params, state.opt_state),
+    )
+
+
+def test_in_a_conditional_jit_and_pmap_agree_bit_for_bit_and_inline_jit_to_rounding():
+    results = []
+    for step, device_axis in [
+        (jit_step(False), False),
+        (jit_step(True), False),
+        (pmap_step(False), True),
+        (pmap_step(True), True),
+    ]:
+        wrap = one_device if device_axis else (lambda tree: tree)
+        state = wrap(make_state())
+        for seed in range(3):
+            state, metrics = step(state, wrap(make_batch(seed)))
+        assert bool(np.all(metrics["finite"])) and int(np.ravel(state.step)[0]) == 3
+        results.append(numbers(state, device_axis))
+    jit_inline, jit_conditional, pmap_inline, pmap_conditional = results
+    start = numbers(make_state(), False)
+    assert not np.array_equal(
+        jit_conditional[0]["fc1"]["kernel"], start[0]["fc1"]["kernel"]
+    )
+    chex.assert_trees_all_equal(pmap_conditional, jit_conditional)
+    chex.assert_trees_all_equal(pmap_inline, jit_conditional)
+    # Inline under jit, XLA fuses the bias gradients' sums differently: the same to float rounding.
+    chex.assert_trees_all_close(jit_inline, jit_conditional, rtol=1e-5, atol=1e-7)
+
+
+def temporaries(step, state, batch):
+    compiled = step.lower(state, batch).compile()
+    return compiled.memory_analysis().temp_size_in_bytes, compiled.as_text()
+
+
+def fc1_copies(hlo):
+    return sum(
+        1 for line in hlo.splitlines() if " copy(" in line and "1152,256]" in line
+    )
+
+
+def test_in_a_conditional_pmap_needs_no_more_memory_than_jit_and_copies_no_fc1():
+    state, batch = make_state(), make_batch(0)
+    jit_conditional, jit_hlo = temporaries(jit_step(True), state, batch)
+    jit_inline, jit_inline_hlo = temporaries(jit_step(False), state, batch)
+    pmap_conditional, pmap_hlo = temporaries(
+        pmap_step(True), one_device(state), one_device(batch)
+    )
+    pmap_inline, _ = temporaries(pmap_step(False), one_device(state), one_device(batch))
+    # Inline, pmap's reshapes keep XLA from updating in place: copies of the params and both moments.
+    assert pmap_inline >= jit_inline + 2 * FC1_BYTES
+    assert pmap_conditional <= jit_conditional + FC1_BYTES // 4
+    assert fc1_copies(jit_hlo) == fc1_copies(pmap_hlo) == 0
+    # Inline, jit copies fc1's kernel for the products that still read it.
+    assert fc1_copies(jit_inline_hlo) == 1
+
+
+def test_a_mean_over_one_device_adds_no_all_reduce():
+    _, hlo = temporaries(
+        pmap_step(True), one_device(make_state()), one_device(make_batch(0))
+    )
+    assert "all-reduce" not in hlo
+
+
+def test_auto_is_a_conditional_on_cpu_only_and_a_bad_choice_is_refused():
+    assert [update_in_conditional(c) for c in ("auto", "conditional", "inline")] == [
+        None,
+        True,
+        False,
+    ]
+    assert jax.default_backend() == "cpu"
+    _, auto_hlo = temporaries(jit_step(None), make_state(), make_batch(0))
+    assert "conditional(" in auto_hlo
+    config = base_config()
+    config.optimizer.update = "fused"
+    with pytest.raises(
+        UserError,
+        match="config.optimizer.update is 'fused'; use one of auto, conditional, inline",
+    ):
+        check_config(config)
+    with pytest.raises(UserError, match="config.optimizer.update is 'fused'"):
+        update_in_conditional("fused")
