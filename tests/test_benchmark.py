@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from benchmarks import machine, pipeline, roofline, step, timing
+from benchmarks import machine, pipeline, roofline, step, suite, timing
 from benchmarks.checkpoints import CheckpointCost, format_report
 
 from fmjax.tools.dry_run import xla_cost
@@ -106,6 +106,14 @@ def test_cpu_model_is_read_from_cpuinfo(tmp_path):
 def test_machine_rates_are_measured():
     assert _positive_finite(machine.matmul_gflops(64, warmup=1, repeats=2)["gflops"])
     assert _positive_finite(machine.memory_bandwidth_gbs(2**16, warmup=1, repeats=2)["gbs"])
+
+
+def test_the_roofline_takes_the_faster_of_the_machine_measured_before_and_after():
+    before = ({"gflops": 130.0, "size": 8}, {"gbs": 90.0})
+    after = ({"gflops": 197.0, "size": 8}, {"gbs": 50.0})
+    machine = suite.roofline_machine(before, after)
+    assert machine["matmul"]["gflops"] == 197.0 and machine["bandwidth"]["gbs"] == 90.0
+    assert machine["measured_gflops"] == [130.0, 197.0] and machine["measured_gbs"] == [90.0, 50.0]
 
 
 def test_pil_batch_is_what_to_tensor_gives(tmp_path):

@@ -15,6 +15,15 @@ def _met(value: float, target: float) -> str:
     return "met" if value >= target else "missed"
 
 
+def _measured(roof: dict[str, Any]) -> str:
+    """Both measurements the roofline's machine is the faster of, when the results hold them."""
+    if "measured_gflops" not in roof:
+        return ""
+    gflops = " and ".join(f"{g:.1f}" for g in roof["measured_gflops"])
+    gbs = " and ".join(f"{b:.1f}" for b in roof["measured_gbs"])
+    return f"; the faster of {gflops} GFLOP/s and of {gbs} GB/s, before and after the steps"
+
+
 def markdown_report(results: dict[str, Any]) -> str:
     """The results of benchmarks.suite.run_benchmark as markdown tables, with the targets met or missed."""
     machine = results["machine"]
@@ -24,7 +33,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         f"{machine['logical_cores']} cores used, {machine['jax_devices']} JAX device(s); "
         f"jax {machine['jax']}, torch {machine['torch']}, tensorflow {machine['tensorflow']}.",
         f"Matmul {roof['matmul']['gflops']:.1f} GFLOP/s ({roof['matmul']['size']}^2 float32), "
-        f"memory {roof['bandwidth']['gbs']:.1f} GB/s (read + write).",
+        f"memory {roof['bandwidth']['gbs']:.1f} GB/s (read + write){_measured(roof)}.",
         "",
         "| step | size | batch | median ms | min-max ms | images/s |",
         "|---|---|---|---|---|---|",
