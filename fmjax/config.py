@@ -126,7 +126,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.optimizer.weight_decay = 0.0  # L2 added to the gradient; 0 = off
     # Where the update is computed, the same numbers either way: "conditional"
     # (after every gradient, in a lax.cond: in place on CPU, where it saves
-    # copies of fc1), "inline" (where XLA puts it; less memory on TPU) or
-    # "auto" (by the backend).
+    # copies of fc1), "inline" (where XLA puts it; less memory on TPU and for
+    # a population, whose vmap makes a conditional a select) or "auto" (by
+    # the backend, and inline for a population).
     config.optimizer.update = "auto"
     return config

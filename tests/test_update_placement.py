@@ -11,9 +11,11 @@ import pytest
 
 import fmjax
 from fmjax.config import base_config
+from fmjax.core.losses import cross_entropy
 from fmjax.core.models import SeedCNN
 from fmjax.core.steps import update_in_conditional
 from fmjax.errors import UserError
+from fmjax.parallel.interface import drop_index, per_device_steps
 from fmjax.run.config_checks import check_config
 
 IMAGE = (16, 16, 3)
@@ -139,3 +141,17 @@ def test_auto_is_a_conditional_on_cpu_only_and_a_bad_choice_is_refused():
         check_config(config)
     with pytest.raises(UserError, match="config.optimizer.update is 'fused'"):
         update_in_conditional("fused")
+
+
+def test_auto_leaves_a_populations_vmapped_update_inline():
+    """Under vmap a conditional becomes a select of both branches, which costs memory."""
+    prepare = lambda batch, epoch, seed=None: drop_index(batch, epoch)  # noqa: E731
+    state = jax.tree.map(lambda x: jnp.stack([x, x]), make_state())
+    memory = {}
+    for choice in (None, True, False):
+        options = {"check_finite": True, "grad_accum_steps": 1, "update_in_conditional": choice}
+        train_step = per_device_steps(cross_entropy, cross_entropy, prepare, options, None, member_seeds=[0, 1])[0]
+        compiled = jax.jit(train_step, donate_argnums=0).lower(state, make_batch(0), jnp.int32(0)).compile()
+        memory[choice] = compiled.memory_analysis().temp_size_in_bytes
+    assert memory[None] == memory[False]
+    assert memory[True] >= memory[False] + FC1_BYTES

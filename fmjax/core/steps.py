@@ -73,8 +73,9 @@ def train_step(
         keep its fusions from writing in place, it also copies the params
         and both moments (the seed's model at 224x224: 43.4 GB against 25.9
         GB). On TPU the conditional costs memory instead (the same model on a
-        v4 chip: 46.7 GB of temporaries against 6.2 GB). None, the default,
-        turns it on on CPU only.
+        v4 chip: 46.7 GB of temporaries against 6.2 GB). Under jax.vmap the
+        conditional becomes a select of both branches, which costs memory:
+        pass False there. None, the default, turns it on on CPU only.
 
     Returns:
       The new state and {"loss", "accuracy"}, means over the (unmasked) batch,

@@ -108,6 +108,9 @@ def per_device_steps(
     indices are [rows, batch, member], each member's batch gathered by its own
     order. Metrics then hold one value per member.
     """
+    if member_seeds is not None and step_options.get("update_in_conditional") is None:
+        # Under vmap a conditional becomes a select of both branches, which costs memory.
+        step_options = {**step_options, "update_in_conditional": False}
 
     def member_train_step(state, batch, epoch, seed=None):
         batch = constrain_batch(batch)
