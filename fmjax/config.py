@@ -25,6 +25,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.shard_params = False
     config.shard_params_min_size = 2**16  # elements; smaller arrays stay replicated
     config.checkpoint_every_steps = 0  # besides every epoch's end; 0 = only there
+    # An epoch's end saves only if the run's last save (or its start) was at least
+    # this long ago; the last step, checkpoint_every_steps and a SIGTERM always
+    # save. A kill loses at most this much and an epoch. 0 = every epoch's end.
+    config.checkpoint_min_seconds = 60.0
     # With data on the devices, steps run in compiled loops of about this many
     # seconds; between them the host checks for SIGTERM (so a stop waits at
     # most about this long) and for due checkpoints.

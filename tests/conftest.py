@@ -33,6 +33,8 @@ jax.config.update("jax_default_matmul_precision", "float32")
 # Prepared data (config.data.prepared_dir) go to a folder of this test process, never to
 # the user's ~/.cache/fmjax/prepared: base_config's default is replaced below, before any
 # test or config file takes base_config, and TINY names the folder for train.py's children.
+# Runs of a few seconds save at every epoch's end (checkpoint_min_seconds=0), as the
+# resume tests expect; tests/test_checkpoint_clock.py covers the shipped interval.
 PREPARED_DIR = tempfile.mkdtemp(prefix="fmjax-prepared-")
 atexit.register(shutil.rmtree, PREPARED_DIR, ignore_errors=True)
 shipped_base_config = fmjax.config.base_config
@@ -41,6 +43,7 @@ shipped_base_config = fmjax.config.base_config
 def _base_config_of_the_tests():
     config = shipped_base_config()
     config.data.prepared_dir = PREPARED_DIR
+    config.checkpoint_min_seconds = 0.0
     return config
 
 
@@ -54,6 +57,7 @@ DEFAULT_CONFIG = str(ROOT / "configs" / "default.py")
 TINY = [
     "--config", DEFAULT_CONFIG, "--config.image_size=8", "--config.model.hidden=32",
     "--config.batch_size=64", "--config.num_epochs=2", f"--config.data.prepared_dir={PREPARED_DIR}",
+    "--config.checkpoint_min_seconds=0",
 ]
 STEPS_PER_EPOCH, LAST_STEP = 21, 42
 # A train.py child process: conftest's matmul precision, and lines that survive a SIGKILL.

@@ -148,6 +148,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     check.boolean("shard_params")
     check.integer("shard_params_min_size", 0)
     check.integer("checkpoint_every_steps", 0)
+    check.number("checkpoint_min_seconds", at_least=0)
     check.number("host_check_seconds", above=0)
     check.number("progress_line_seconds", at_least=0)
     check.integer("profile_steps", 0)

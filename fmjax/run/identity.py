@@ -29,6 +29,7 @@ RECORD_KEY = "run"  # in a checkpoint's meta
 MAY_CHANGE_ON_RESUME = {
     "num_epochs": "train further, or stop sooner (not with the warmup_cosine schedule, which spans them)",
     "checkpoint_every_steps": "when checkpoints are written",
+    "checkpoint_min_seconds": "when checkpoints are written",
     "keep_checkpoints": "how many are kept",
     "checkpoint_async": "whether writes overlap training",
     "checkpoint_compression": "how checkpoints are stored; either kind is read back",

@@ -1,6 +1,7 @@
 """When the host steps in between compiled calls: the cadence of events, the steps per call, profiling."""
 
 import dataclasses
+import time
 from typing import Callable
 
 import jax
@@ -10,10 +11,17 @@ from jax.experimental import multihost_utils
 
 @dataclasses.dataclass(frozen=True)
 class Due:
-    """What is due after a step: a checkpoint, the end of an epoch (evaluation and its log line)."""
+    """What is due after a step: a checkpoint, the end of an epoch (evaluation and its log line).
+
+    Attributes:
+      checkpoint: a save is due (an epoch's end or checkpoint_every_steps).
+      epoch_end: the step ends an epoch.
+      every_steps: the save is due by checkpoint_every_steps.
+    """
 
     checkpoint: bool
     epoch_end: bool
+    every_steps: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,13 +40,37 @@ class Cadence:
         """What is due once `step` updates are applied."""
         epoch_end = step > 0 and step % self.steps_per_epoch == 0
         every = self.checkpoint_every_steps
-        return Due(checkpoint=epoch_end or (every > 0 and step % every == 0), epoch_end=epoch_end)
+        every_steps = every > 0 and step % every == 0
+        return Due(checkpoint=epoch_end or every_steps, epoch_end=epoch_end, every_steps=every_steps)
 
     def steps_to_next_event(self, step: int) -> int:
         """Steps from `step` until something is due (at least 1)."""
         until_epoch_end = self.steps_per_epoch - step % self.steps_per_epoch
         every = self.checkpoint_every_steps
         return min(until_epoch_end, every - step % every) if every > 0 else until_epoch_end
+
+
+class CheckpointClock:
+    """Whether an epoch's end saves: only once `min_seconds` have passed since the last save or the start.
+
+    An epoch of the seed's job takes 0.6 s and its checkpoint 0.1 s of CPU on
+    2 cores; an epoch of the seed at 224x224 writes 18.6 GB. Every process
+    takes process 0's answer, so all save together.
+    """
+
+    def __init__(self, min_seconds: float, clock: Callable[[], float] = time.monotonic):
+        self._min_seconds = min_seconds
+        self._clock = clock
+        self._last = clock()
+
+    def epoch_end_saves(self) -> bool:
+        saves = self._clock() - self._last >= self._min_seconds
+        if jax.process_count() > 1:
+            saves = bool(multihost_utils.broadcast_one_to_all(np.bool_(saves)))
+        return saves
+
+    def saved(self) -> None:
+        self._last = self._clock()
 
 
 class StepsPerCall:

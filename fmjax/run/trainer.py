@@ -44,7 +44,7 @@ from fmjax.run.logs import (
     is_logging_process,
     log,
 )
-from fmjax.run.pacing import Cadence, StepProfile, StepsPerCall
+from fmjax.run.pacing import Cadence, CheckpointClock, StepProfile, StepsPerCall
 from fmjax.run.placement import place_data
 from fmjax.run.preemption import Preempted, watch_for_sigterm
 from fmjax.run.record import CheckpointRecord, TrainSums
@@ -152,6 +152,7 @@ def train_and_evaluate(
         # Closed before any exception's message is printed: a bar left on the line would run into it.
         on_exit.callback(progress.close)
         steps_per_call = StepsPerCall(config.host_check_seconds)
+        checkpoint_clock = CheckpointClock(config.checkpoint_min_seconds)
         profile = StepProfile(config.profile_steps, os.path.join(workdir, rundir.EVENTS_SUBDIR), log)
         on_exit.callback(profile.stop)
         # The first call compiles; images per second leave it out.
@@ -200,7 +201,8 @@ def train_and_evaluate(
                 epochs_logged, sums, timed_seconds, timed_steps = step // steps_per_epoch, TrainSums(), 0.0, 0
             # The one save: after the epoch's line, so a checkpoint whose record says
             # an epoch is logged has its line written.
-            if (due.checkpoint or stop) and saved_step != step:
+            saves = due.every_steps or (due.epoch_end and (step == last_step or checkpoint_clock.epoch_end_saves()))
+            if (saves or stop) and saved_step != step:
                 record = CheckpointRecord(
                     epoch=epochs_logged,
                     next_batch=step - epochs_logged * steps_per_epoch,
@@ -214,6 +216,7 @@ def train_and_evaluate(
                 )
                 ckpt.save_checkpoint(manager, parallel.get_state(device_state), record.to_json())
                 saved_step = step
+                checkpoint_clock.saved()
             if stop:
                 raise Preempted(step, str(manager.directory))
 
