@@ -13,6 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import atexit  # noqa: E402
+import contextlib  # noqa: E402
 import importlib.util  # noqa: E402
 import pathlib  # noqa: E402
 import shutil  # noqa: E402
@@ -62,6 +63,16 @@ TINY = [
 STEPS_PER_EPOCH, LAST_STEP = 21, 42
 # A train.py child process: conftest's matmul precision, and lines that survive a SIGKILL.
 CHILD_ENV = dict(os.environ, JAX_DEFAULT_MATMUL_PRECISION="float32", PYTHONUNBUFFERED="1")
+
+
+def sigterm_from(step_wanted):
+    """A stand-in for fmjax.run.trainer.watch_for_sigterm: a SIGTERM seen at `step_wanted` and every step after."""
+
+    @contextlib.contextmanager
+    def watch():
+        yield lambda step: step >= step_wanted
+
+    return watch
 
 
 def train(*argv):

@@ -1,6 +1,5 @@
 """checkpoint_min_seconds: an epoch's end saves once the interval has passed; the last step and a stop always save."""
 
-import contextlib
 import functools
 import json
 import os
@@ -8,7 +7,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from conftest import shipped_base_config
+from conftest import shipped_base_config, sigterm_from
 
 from fmjax.config import base_config
 from fmjax.run import trainer
@@ -91,12 +90,8 @@ def test_a_stop_saves_whatever_the_interval_and_the_resume_is_bit_identical(tmp_
     # With host checks this far apart, the second epoch runs in one call: the stop comes at its end.
     stop_at = 2 * STEPS_PER_EPOCH
 
-    @contextlib.contextmanager
-    def stop_after(step_wanted):
-        yield lambda step: step >= step_wanted
-
     with monkeypatch.context() as patched:
-        patched.setattr(trainer, "watch_for_sigterm", lambda: stop_after(stop_at))
+        patched.setattr(trainer, "watch_for_sigterm", sigterm_from(stop_at))
         with pytest.raises(trainer.Preempted) as stopped:
             trainer.train_and_evaluate(config.copy_and_resolve_references(), str(tmp_path / "stopped"))
     assert stopped.value.step == stop_at and saved_steps(tmp_path / "stopped") == [stop_at]

@@ -1,10 +1,9 @@
 """Data on the devices and steps in compiled loops give what streamed, step-by-step training gives."""
 
-import contextlib
-
 import jax
 import numpy as np
 import pytest
+from conftest import sigterm_from
 from PIL import Image
 
 import fmjax
@@ -99,12 +98,8 @@ def test_a_run_stopped_inside_a_compiled_loop_resumes_bit_identical(tmp_path, mo
     # in one call; this one stops at 11, inside that call.
     stop_at = 11
 
-    @contextlib.contextmanager
-    def stop_after(step_wanted):
-        yield lambda step: step >= step_wanted
-
     with monkeypatch.context() as patched:
-        patched.setattr(trainer, "watch_for_sigterm", lambda: stop_after(stop_at))
+        patched.setattr(trainer, "watch_for_sigterm", sigterm_from(stop_at))
         with pytest.raises(trainer.Preempted) as stopped:
             trainer.train_and_evaluate(
                 tiny_config(host_check_seconds=1e9, checkpoint_every_steps=stop_at), str(tmp_path)

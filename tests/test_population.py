@@ -1,12 +1,11 @@
 """Populations: every member equals its own ordinary run, in both parallel modes and across a resume."""
 
-import contextlib
 import json
 
 import jax
 import numpy as np
 import pytest
-from conftest import evaluate, predict
+from conftest import evaluate, predict, sigterm_from
 from test_on_device import tiny_config
 
 from fmjax.core.population import Member, member_config, population_members
@@ -64,13 +63,9 @@ def test_a_member_equals_its_own_run_under_pmap(tmp_path):
 def test_a_population_stopped_mid_epoch_resumes_bit_identical(population, tmp_path, monkeypatch):
     workdir, _ = population
 
-    @contextlib.contextmanager
-    def stop_after(step_wanted):
-        yield lambda step: step >= step_wanted
-
     config = tiny_population(host_check_seconds=1e9, checkpoint_every_steps=11)
     with monkeypatch.context() as patched:
-        patched.setattr(trainer, "watch_for_sigterm", lambda: stop_after(11))
+        patched.setattr(trainer, "watch_for_sigterm", sigterm_from(11))
         with pytest.raises(trainer.Preempted):
             trainer.train_and_evaluate(config, str(tmp_path))
     trainer.train_and_evaluate(tiny_population(host_check_seconds=1e9), str(tmp_path))
