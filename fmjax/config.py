@@ -18,7 +18,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.image_size = 16  # pixels; images are resized to image_size x image_size
     config.num_classes = 10  # used when the data does not say (and by a dry run)
     # "jit" (one program over a Mesh, the batch sharded) or "pmap": about as
-    # fast as each other on CPU, in the same memory (see optimizer.update).
+    # fast as each other on CPU, in the same memory (see optimizer.update_placement).
     config.parallel = "jit"
     # jit only: shard params and optimizer state over the devices (FSDP), each
     # array along its last dimension that divides by the device count.
@@ -133,5 +133,5 @@ def base_config() -> ml_collections.ConfigDict:
     # copies of fc1), "inline" (where XLA puts it; less memory on TPU and for
     # a population, whose vmap makes a conditional a select) or "auto" (by
     # the backend, and inline for a population).
-    config.optimizer.update = "auto"
+    config.optimizer.update_placement = "auto"
     return config

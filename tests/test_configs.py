@@ -64,3 +64,19 @@ def test_tfds_configs_train_on_mock_data(name, tmp_path):
     assert record["step"] == 40 // 16
     assert rundir.read_metrics(str(tmp_path))[-1]["test_accuracy"] == record["test_accuracy"]
     assert saved_steps(tmp_path) == [2]
+
+
+def test_no_key_is_shadowed_by_a_configdict_method():
+    """config.optimizer.update would read as ConfigDict.update, and its flag could not be set."""
+    import ml_collections
+
+    def keys(config, prefix=""):
+        for name, value in config.items():
+            if isinstance(value, ml_collections.ConfigDict):
+                yield from keys(value, f"{prefix}{name}.")
+            else:
+                yield prefix + name
+
+    names = list(keys(base_config()))
+    assert "optimizer.update_placement" in names and len(names) > 60
+    assert [name for name in names if hasattr(ml_collections.ConfigDict, name.rsplit(".", 1)[-1])] == []

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import TINY, train
 
 import fmjax
 from fmjax.config import base_config
@@ -123,7 +124,7 @@ def test_a_mean_over_one_device_adds_no_all_reduce():
     assert "all-reduce" not in hlo
 
 
-def test_auto_is_a_conditional_on_cpu_only_and_a_bad_choice_is_refused():
+def test_auto_is_a_conditional_on_cpu_only_and_a_bad_choice_is_refused(tmp_path, capsys):
     assert [update_in_conditional(c) for c in ("auto", "conditional", "inline")] == [
         None,
         True,
@@ -133,14 +134,19 @@ def test_auto_is_a_conditional_on_cpu_only_and_a_bad_choice_is_refused():
     _, auto_hlo = temporaries(jit_step(None), make_state(), make_batch(0))
     assert "conditional(" in auto_hlo
     config = base_config()
-    config.optimizer.update = "fused"
+    config.optimizer.update_placement = "fused"
     with pytest.raises(
         UserError,
-        match="config.optimizer.update is 'fused'; use one of auto, conditional, inline",
+        match="config.optimizer.update_placement is 'fused'; use one of auto, conditional, inline",
     ):
         check_config(config)
-    with pytest.raises(UserError, match="config.optimizer.update is 'fused'"):
+    with pytest.raises(UserError, match="config.optimizer.update_placement is 'fused'"):
         update_in_conditional("fused")
+    assert train(*TINY, "--workdir", str(tmp_path / "run"), "--config.optimizer.update_placement=fused") == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "config.optimizer.update_placement is 'fused'; use one of auto, conditional, inline"
+    )
+    assert not (tmp_path / "run").exists()
 
 
 def test_auto_leaves_a_populations_vmapped_update_inline():

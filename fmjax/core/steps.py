@@ -16,7 +16,7 @@ from fmjax.errors import UserError
 
 Batch = dict[str, jnp.ndarray]
 LossFn = Callable[[jnp.ndarray, jnp.ndarray, Optional[jnp.ndarray]], jnp.ndarray]
-# config.optimizer.update: where the optimizer's update is computed (see train_step).
+# config.optimizer.update_placement: where the optimizer's update is computed (see train_step).
 UPDATE_PLACEMENTS = ("auto", "conditional", "inline")
 
 
@@ -118,9 +118,9 @@ def _updated(state: TrainState, grads: Any, in_conditional: bool) -> tuple[Any, 
 
 
 def update_in_conditional(placement: str) -> Optional[bool]:
-    """train_step's update_in_conditional for config.optimizer.update ("auto" is None: by the backend)."""
+    """train_step's update_in_conditional for config.optimizer.update_placement ("auto" is None: by the backend)."""
     if placement not in UPDATE_PLACEMENTS:
-        raise UserError(f"config.optimizer.update is {placement!r}; use one of {', '.join(UPDATE_PLACEMENTS)}")
+        raise UserError(f"config.optimizer.update_placement is {placement!r}; use one of {', '.join(UPDATE_PLACEMENTS)}")
     return {"auto": None, "conditional": True, "inline": False}[placement]
 
 

@@ -109,7 +109,7 @@ def parallel_from_config(
         check_finite=config.halt_on_nonfinite,
         grad_accum_steps=config.grad_accum_steps,
         # Absent from the config.json of older runs.
-        update_in_conditional=steps.update_in_conditional(config.optimizer.get("update", "auto")),
+        update_in_conditional=steps.update_in_conditional(config.optimizer.get("update_placement", "auto")),
         shard_params=config.shard_params,
         shard_params_min_size=config.shard_params_min_size,
         devices=devices,

@@ -246,4 +246,4 @@ def _check_optimizer(check: _Checker) -> None:
     check.number("optimizer.momentum", at_least=0)
     check.boolean("optimizer.nesterov")
     check.number("optimizer.weight_decay", at_least=0)
-    check.choice("optimizer.update", UPDATE_PLACEMENTS)
+    check.choice("optimizer.update_placement", UPDATE_PLACEMENTS)

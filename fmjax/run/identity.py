@@ -47,7 +47,7 @@ MAY_CHANGE_ON_RESUME = {
     "compilation_cache_dir": "where compiled programs are kept between runs",
     "progress_line_seconds": "how often a log file hears of an epoch's progress",
     "profile_steps": "what is traced, not what is computed",
-    "optimizer.update": "where XLA computes the update: the same update to float rounding",
+    "optimizer.update_placement": "where XLA computes the update: the same update to float rounding",
     "grad_accum_steps": "the same update to float rounding, in less memory (a resume on a smaller device)",
 }
 # Data facts recorded beside the config, with their names in messages.

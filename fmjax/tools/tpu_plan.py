@@ -105,8 +105,8 @@ def _compile_plan(config: ml_collections.ConfigDict, slice_: Slice, shard_params
         config.model.conv = "native"
     if config.model.dense == "auto":
         config.model.dense = "plain"
-    if config.optimizer.get("update", "auto") == "auto":
-        config.optimizer.update = "inline"
+    if config.optimizer.get("update_placement", "auto") == "auto":
+        config.optimizer.update_placement = "inline"
     devices = topology_devices(slice_)
     # Digits come as float pixels, image files as uint8.
     pixels = np.float32 if config.data.source == "digits" else np.uint8
