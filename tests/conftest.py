@@ -160,7 +160,9 @@ def newest_step(workdir):
     while True:
         try:
             return max(saved_steps(workdir), default=0)
-        except FileNotFoundError:  # a step the run deleted while it was being listed
+        # A step the run deleted while it was being listed: gone, or gone between
+        # Orbax's exists() and is_dir() (NotADirectoryError).
+        except (FileNotFoundError, NotADirectoryError):
             continue
 
 

@@ -139,7 +139,7 @@ def test_3_a_write_that_fails_after_the_next_epoch_trained_still_logs_no_later_e
     """The race a loaded machine lost: the steps' checks of the background write all came
     before it failed. The epoch's end waits for it, so no line runs ahead of the failure."""
     check = ckpt.raise_if_save_failed
-    monkeypatch.setattr(ckpt, "raise_if_save_failed", lambda manager, wait=False: check(manager) if wait else None)
+    monkeypatch.setattr(ckpt, "raise_if_save_failed", lambda manager, wait=False: check(manager, wait=True) if wait else None)
     with small_disk(tmp_path / "disk", "200k") as mounted:
         if not mounted:
             pytest.skip("needs a tmpfs (root and mount) for a write that fails in the background")
