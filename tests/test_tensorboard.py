@@ -142,3 +142,34 @@ def test_a_link_to_a_folder_holds_the_events(tmp_path):
     summaries.write(1, {"loss": 0.5})
     summaries.close()
     assert [name.startswith("events.out.tfevents.") for name in os.listdir(elsewhere)] == [True]
+
+
+def test_a_resumed_run_replaces_the_points_a_killed_run_logged_after_its_checkpoint(tmp_path, monkeypatch):
+    """Killed after epoch 2's line and before its save: the resumed run logs epoch 2 again."""
+    from fmjax.run import checkpoint as ckpt
+
+    class Killed(Exception):
+        pass
+
+    save = ckpt.save_checkpoint
+
+    def killed_at_step_42(manager, state, meta):
+        if int(state.step) == 42:
+            raise Killed
+        save(manager, state, meta)
+
+    config = base_config()
+    config.image_size = 8
+    config.model.hidden = 32
+    config.num_epochs = 3
+    with monkeypatch.context() as patched:
+        patched.setattr(ckpt, "save_checkpoint", killed_at_step_42)
+        with pytest.raises(Killed):
+            train_and_evaluate(config, str(tmp_path))
+    assert [step for step, _ in read_scalars(str(tmp_path))["test/accuracy"]] == [21, 42]
+    train_and_evaluate(config, str(tmp_path))
+    scalars = read_scalars(str(tmp_path))
+    records = rundir.read_metrics(str(tmp_path))
+    assert len(list((tmp_path / EVENTS_SUBDIR).glob("events.out.tfevents.*"))) == 2
+    assert [step for step, _ in scalars["test/accuracy"]] == [r["step"] for r in records] == [21, 42, 63]
+    np.testing.assert_allclose([v for _, v in scalars["test/accuracy"]], [r["test_accuracy"] for r in records], rtol=1e-6)

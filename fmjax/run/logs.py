@@ -143,10 +143,10 @@ def member_tag(row: dict[str, Any]) -> str:
 class EpochRecords:
     """Each finished epoch's record: a line on the console, one in metrics.jsonl, TensorBoard scalars."""
 
-    def __init__(self, workdir: str, num_epochs: int):
+    def __init__(self, workdir: str, num_epochs: int, first_step: int = 1):
         self._workdir = workdir
         self._num_epochs = num_epochs
-        self._summaries = EpochSummaries(workdir) if is_logging_process() else None
+        self._summaries = EpochSummaries(workdir, first_step) if is_logging_process() else None
 
     def write(self, record: dict[str, Any], learning_rate: Any) -> None:
         """Writes an epoch's record; `learning_rate` is the last step's rate, one per member for a population."""

@@ -40,9 +40,16 @@ def frame_record(data: bytes) -> bytes:
 
 
 class EpochSummaries:
-    """Writes scalars to WORKDIR/tensorboard for `tensorboard --logdir WORKDIR`."""
+    """Writes scalars to WORKDIR/tensorboard for `tensorboard --logdir WORKDIR`.
 
-    def __init__(self, workdir: str):
+    Each file opens with a SessionLog.START at `first_step`, the first step this
+    run trains. TensorBoard's reader takes every START after a run's first as a
+    restart and drops the points an earlier file holds at that step or later:
+    the epochs a killed run logged after its last checkpoint, which the resumed
+    run logs again.
+    """
+
+    def __init__(self, workdir: str, first_step: int = 1):
         directory = os.path.join(workdir, rundir.EVENTS_SUBDIR)
         # A link to a folder is followed (events kept on another disk, say); a file or a
         # broken link in its place is the user's to move.
@@ -65,6 +72,8 @@ class EpochSummaries:
         self._size = 0  # of the whole records written
         try:
             self._add(event_pb2.Event(wall_time=now, file_version=_FILE_VERSION))
+            start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+            self._add(event_pb2.Event(wall_time=now, step=first_step, session_log=start))
         except BaseException:
             self.close()  # no one else holds the descriptor yet
             raise

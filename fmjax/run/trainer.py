@@ -146,7 +146,8 @@ def train_and_evaluate(
                 run_identity.record_changes(workdir, saved_step, config_changes)
             rundir.write_config(workdir, config)
             rundir.keep_metrics_through(workdir, epochs_logged, warn=log)
-        records = EpochRecords(workdir, config.num_epochs)
+        # From the step after the checkpoint on, TensorBoard forgets what a killed run logged.
+        records = EpochRecords(workdir, config.num_epochs, first_step=step + 1)
         on_exit.callback(records.close)
         progress = Progress(steps_per_epoch, config.num_epochs, config.progress_line_seconds)
         # Closed before any exception's message is printed: a bar left on the line would run into it.
