@@ -65,63 +65,59 @@ def numbers(state, device_axis):
     )
 
 
-def test_in_a_conditional_jit_and_pmap_agree_bit_for_bit_and_inline_jit_to_rounding():
-    results = []
-    for step, device_axis in [
-        (jit_step(False), False),
-        (jit_step(True), False),
-        (pmap_step(False), True),
-        (pmap_step(True), True),
-    ]:
-        wrap = one_device if device_axis else (lambda tree: tree)
-        state = wrap(make_state())
+@pytest.fixture(scope="module")
+def compiled():
+    """Each of the four steps compiled once, {(mode, in_conditional): compiled step}, and the state they take."""
+    state, batch = make_state(), make_batch(0)
+    steps = {}
+    for in_conditional in (False, True):
+        steps["jit", in_conditional] = jit_step(in_conditional).lower(state, batch).compile()
+        steps["pmap", in_conditional] = (
+            pmap_step(in_conditional).lower(one_device(state), one_device(batch)).compile()
+        )
+    return steps, state
+
+
+def test_in_a_conditional_jit_and_pmap_agree_bit_for_bit_and_inline_jit_to_rounding(compiled):
+    steps, start_state = compiled
+    results = {}
+    for (mode, in_conditional), step in steps.items():
+        wrap = one_device if mode == "pmap" else (lambda tree: tree)
+        # A copy: the steps donate the state they take.
+        state = wrap(jax.tree.map(jnp.copy, start_state))
         for seed in range(3):
             state, metrics = step(state, wrap(make_batch(seed)))
         assert bool(np.all(metrics["finite"])) and int(np.ravel(state.step)[0]) == 3
-        results.append(numbers(state, device_axis))
-    jit_inline, jit_conditional, pmap_inline, pmap_conditional = results
-    start = numbers(make_state(), False)
-    assert not np.array_equal(
-        jit_conditional[0]["fc1"]["kernel"], start[0]["fc1"]["kernel"]
-    )
-    chex.assert_trees_all_equal(pmap_conditional, jit_conditional)
-    chex.assert_trees_all_equal(pmap_inline, jit_conditional)
+        results[mode, in_conditional] = numbers(state, mode == "pmap")
+    start = numbers(start_state, False)
+    assert not np.array_equal(results["jit", True][0]["fc1"]["kernel"], start[0]["fc1"]["kernel"])
+    chex.assert_trees_all_equal(results["pmap", True], results["jit", True])
+    chex.assert_trees_all_equal(results["pmap", False], results["jit", True])
     # Inline under jit, XLA fuses the bias gradients' sums differently: the same to float rounding.
-    chex.assert_trees_all_close(jit_inline, jit_conditional, rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_close(results["jit", False], results["jit", True], rtol=1e-5, atol=1e-7)
 
 
-def temporaries(step, state, batch):
-    compiled = step.lower(state, batch).compile()
-    return compiled.memory_analysis().temp_size_in_bytes, compiled.as_text()
+def temporaries(step):
+    return step.memory_analysis().temp_size_in_bytes
 
 
-def fc1_copies(hlo):
-    return sum(
-        1 for line in hlo.splitlines() if " copy(" in line and "1152,256]" in line
-    )
+def fc1_copies(step):
+    return sum(1 for line in step.as_text().splitlines() if " copy(" in line and "1152,256]" in line)
 
 
-def test_in_a_conditional_pmap_needs_no_more_memory_than_jit_and_copies_no_fc1():
-    state, batch = make_state(), make_batch(0)
-    jit_conditional, jit_hlo = temporaries(jit_step(True), state, batch)
-    jit_inline, jit_inline_hlo = temporaries(jit_step(False), state, batch)
-    pmap_conditional, pmap_hlo = temporaries(
-        pmap_step(True), one_device(state), one_device(batch)
-    )
-    pmap_inline, _ = temporaries(pmap_step(False), one_device(state), one_device(batch))
+def test_in_a_conditional_pmap_needs_no_more_memory_than_jit_and_copies_no_fc1(compiled):
+    steps, _ = compiled
     # Inline, pmap's reshapes keep XLA from updating in place: copies of the params and both moments.
-    assert pmap_inline >= jit_inline + 2 * FC1_BYTES
-    assert pmap_conditional <= jit_conditional + FC1_BYTES // 4
-    assert fc1_copies(jit_hlo) == fc1_copies(pmap_hlo) == 0
+    assert temporaries(steps["pmap", False]) >= temporaries(steps["jit", False]) + 2 * FC1_BYTES
+    assert temporaries(steps["pmap", True]) <= temporaries(steps["jit", True]) + FC1_BYTES // 4
+    assert fc1_copies(steps["jit", True]) == fc1_copies(steps["pmap", True]) == 0
     # Inline, jit copies fc1's kernel for the products that still read it.
-    assert fc1_copies(jit_inline_hlo) == 1
+    assert fc1_copies(steps["jit", False]) == 1
 
 
-def test_a_mean_over_one_device_adds_no_all_reduce():
-    _, hlo = temporaries(
-        pmap_step(True), one_device(make_state()), one_device(make_batch(0))
-    )
-    assert "all-reduce" not in hlo
+def test_a_mean_over_one_device_adds_no_all_reduce(compiled):
+    steps, _ = compiled
+    assert "all-reduce" not in steps["pmap", True].as_text()
 
 
 def test_auto_is_a_conditional_on_cpu_only_and_a_bad_choice_is_refused(tmp_path, capsys):
@@ -131,8 +127,7 @@ def test_auto_is_a_conditional_on_cpu_only_and_a_bad_choice_is_refused(tmp_path,
         False,
     ]
     assert jax.default_backend() == "cpu"
-    _, auto_hlo = temporaries(jit_step(None), make_state(), make_batch(0))
-    assert "conditional(" in auto_hlo
+    assert "stablehlo.case" in jit_step(None).lower(make_state(), make_batch(0)).as_text()
     config = base_config()
     config.optimizer.update_placement = "fused"
     with pytest.raises(
