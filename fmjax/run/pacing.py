@@ -11,25 +11,24 @@ from jax.experimental import multihost_utils
 
 @dataclasses.dataclass(frozen=True)
 class Due:
-    """What is due after a step: a checkpoint, the end of an epoch (evaluation and its log line).
+    """What is due after a step: the end of an epoch (evaluation, its log line and, as
+    CheckpointClock allows, a save) or a save of checkpoint_every_steps.
 
     Attributes:
-      checkpoint: a save is due (an epoch's end or checkpoint_every_steps).
       epoch_end: the step ends an epoch.
-      every_steps: the save is due by checkpoint_every_steps.
+      every_steps: a save is due by checkpoint_every_steps.
     """
 
-    checkpoint: bool
     epoch_end: bool
-    every_steps: bool = False
+    every_steps: bool
 
 
 @dataclasses.dataclass(frozen=True)
 class Cadence:
-    """The one rule for what is due at which step.
+    """The one rule for what is due at which step (CheckpointClock adds the time an epoch's save waits for).
 
     Attributes:
-      steps_per_epoch: steps in an epoch; each epoch's end evaluates, logs and saves.
+      steps_per_epoch: steps in an epoch; each epoch's end evaluates, logs and may save.
       checkpoint_every_steps: saves in between as well, every this many steps; 0: none.
     """
 
@@ -40,8 +39,7 @@ class Cadence:
         """What is due once `step` updates are applied."""
         epoch_end = step > 0 and step % self.steps_per_epoch == 0
         every = self.checkpoint_every_steps
-        every_steps = every > 0 and step % every == 0
-        return Due(checkpoint=epoch_end or every_steps, epoch_end=epoch_end, every_steps=every_steps)
+        return Due(epoch_end=epoch_end, every_steps=every > 0 and step % every == 0)
 
     def steps_to_next_event(self, step: int) -> int:
         """Steps from `step` until something is due (at least 1)."""
