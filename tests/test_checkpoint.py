@@ -1,5 +1,6 @@
 """Orbax checkpoints restore across device counts and into the right model only."""
 
+import gc
 import os
 import subprocess
 import sys
@@ -165,3 +166,22 @@ def test_either_compression_restores_through_a_manager_of_the_other(tmp_path, wr
     assert meta == {"epoch": 0, "next_batch": 0}
     for key, value in params_by_path(state.params).items():
         np.testing.assert_array_equal(params_by_path(restored.params)[key], value)
+
+
+def test_a_discarded_managers_write_in_flight_is_not_inherited(tmp_path):
+    # A manager waited on through Orbax alone leaves its step recorded as in
+    # flight. Keyed by id(), that record outlived the manager, and the next
+    # manager given the same id failed its first save over a step it never wrote.
+    gc.collect()
+    records_before = len(ckpt._step_in_flight)
+    manager = ckpt.checkpoint_manager(str(tmp_path / "first"))
+    ckpt.save_checkpoint(manager, state_fn(hidden=16).replace(step=3), {"epoch": 0, "next_batch": 0})
+    manager.wait_until_finished()
+    assert len(ckpt._step_in_flight) == records_before + 1
+    del manager
+    gc.collect()
+    assert len(ckpt._step_in_flight) == records_before
+    later = ckpt.checkpoint_manager(str(tmp_path / "second"))
+    ckpt.save_checkpoint(later, state_fn(hidden=16), {"epoch": 0, "next_batch": 0})
+    ckpt.close_manager(later)
+    assert later.all_steps() == [0]

@@ -21,6 +21,7 @@ at the next step boundary, naming the cause and the newest complete step.
 import os
 import shutil
 import threading
+import weakref
 from typing import Any, Callable, Optional
 
 import jax
@@ -116,8 +117,10 @@ def _write_error(manager: ocp.CheckpointManager, error: BaseException, step: Opt
     return CheckpointWriteError(step, cause, str(manager.directory), max(complete, default=None))
 
 
-# The step each manager is writing in the background, until seen complete.
-_step_in_flight: dict[int, int] = {}
+# The step each manager is writing in the background, until seen complete. Keyed
+# by the manager itself, weakly: an id() outlives its manager and is reused by
+# the next one, which would then inherit a step it never wrote.
+_step_in_flight: "weakref.WeakKeyDictionary[ocp.CheckpointManager, int]" = weakref.WeakKeyDictionary()
 _in_flight_lock = threading.Lock()
 
 
@@ -131,11 +134,11 @@ def raise_if_save_failed(manager: ocp.CheckpointManager, wait: bool = False) -> 
       CheckpointWriteError: naming the cause and the newest complete step.
     """
     with _in_flight_lock:
-        step = _step_in_flight.get(id(manager))
+        step = _step_in_flight.get(manager)
     if step is None or (manager.is_saving_in_progress() and not wait):
         return
     with _in_flight_lock:
-        _step_in_flight.pop(id(manager), None)
+        _step_in_flight.pop(manager, None)
     try:
         manager.wait_until_finished()  # raises what the write raised
         manager.check_for_errors()
@@ -158,7 +161,7 @@ def save_checkpoint(manager: ocp.CheckpointManager, state: Any, meta: dict) -> N
     step = step_number(state)
     raise_if_save_failed(manager)
     with _in_flight_lock:
-        previous = _step_in_flight.pop(id(manager), None)
+        previous = _step_in_flight.pop(manager, None)
     try:
         manager.save(
             step,
@@ -169,7 +172,7 @@ def save_checkpoint(manager: ocp.CheckpointManager, state: Any, meta: dict) -> N
             raise
         raise _write_error(manager, error, previous if previous is not None else step) from error
     with _in_flight_lock:
-        _step_in_flight[id(manager)] = step
+        _step_in_flight[manager] = step
     if not manager.is_saving_in_progress():  # a synchronous save has finished
         raise_if_save_failed(manager)
 
@@ -177,7 +180,7 @@ def save_checkpoint(manager: ocp.CheckpointManager, state: Any, meta: dict) -> N
 def close_manager(manager: ocp.CheckpointManager) -> None:
     """Waits for the write in flight and closes `manager`; a failed write raises CheckpointWriteError."""
     with _in_flight_lock:
-        step = _step_in_flight.pop(id(manager), None)
+        step = _step_in_flight.pop(manager, None)
     try:
         manager.close()
     except Exception as error:  # noqa: BLE001
