@@ -117,9 +117,7 @@ def _write_error(manager: ocp.CheckpointManager, error: BaseException, step: Opt
     return CheckpointWriteError(step, cause, str(manager.directory), max(complete, default=None))
 
 
-# The step each manager is writing in the background, until seen complete. Keyed
-# by the manager itself, weakly: an id() outlives its manager and is reused by
-# the next one, which would then inherit a step it never wrote.
+# The step each manager writes in the background; weakly keyed, as an id() is reused.
 _step_in_flight: "weakref.WeakKeyDictionary[ocp.CheckpointManager, int]" = weakref.WeakKeyDictionary()
 _in_flight_lock = threading.Lock()
 
