@@ -211,4 +211,23 @@ def test_a_second_training_on_a_busy_workdir_is_refused(tmp_path, capsys):
         f"error: another training (pid {os.getpid()} on {socket.gethostname()}) is running in "
         f"{tmp_path}; wait for it to finish, or pass another --workdir"
     ]
-    assert not os.path.exists(tmp_path / "checkpoints")
+    assert os.listdir(tmp_path / "checkpoints") == []
+
+
+def test_a_training_whose_checkpoint_folder_links_to_a_busy_one_is_refused(tmp_path, capsys):
+    # Its checkpoint manager would delete the busy run's save in flight (a
+    # temporary folder) and prune its steps.
+    busy, linked = tmp_path / "busy", tmp_path / "linked"
+    in_flight = busy / "checkpoints" / "3.orbax-checkpoint-tmp-1"
+    in_flight.mkdir(parents=True)
+    with hold_workdir(str(busy)):
+        linked.mkdir()
+        (linked / "checkpoints").symlink_to(busy / "checkpoints")
+        assert train(linked) == cli.EXIT_USER_ERROR
+        assert in_flight.is_dir()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: another training is writing checkpoints in {linked / 'checkpoints'} (linked to "
+        f"{busy / 'checkpoints'}); wait for it to finish, or give this run a checkpoint folder of its own"
+    ]
+    assert os.listdir(busy / "checkpoints") == ["3.orbax-checkpoint-tmp-1"]

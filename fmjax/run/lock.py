@@ -7,6 +7,10 @@ leaves its workdir locked. The file itself stays and says who held it last.
 The lock file is opened without following a symbolic link (O_NOFOLLOW) and
 must be a regular file with one name: a link or hard link planted there
 would otherwise have fmjax overwrite the file it points to.
+
+The checkpoint folder is locked as well (a flock on the folder itself): a
+link may make it another workdir's, and the other run's checkpoint manager
+would delete the temporary folder of a save in flight and prune its steps.
 """
 
 import contextlib
@@ -27,22 +31,23 @@ from fmjax.run import files, rundir
 
 @contextlib.contextmanager
 def hold_workdir(workdir: str) -> Iterator[None]:
-    """Holds `workdir`'s lock while the block runs.
+    """Holds `workdir`'s lock, and its checkpoint folder's, while the block runs.
 
-    In a multi-process run, process 0 takes the lock for all of them (they
-    share the workdir) and tells the others whether it got it.
+    In a multi-process run, process 0 takes the locks for all of them (they
+    share the workdir) and tells the others whether it got them.
 
     Raises:
-      UserError: another training holds the lock.
+      UserError: another training holds either lock.
     """
     with contextlib.ExitStack() as stack:
-        other_holder = stack.enter_context(_try_lock(workdir)) if jax.process_index() == 0 else None
-        refused = other_holder is not None
+        refusal = stack.enter_context(_try_lock(workdir)) if jax.process_index() == 0 else None
+        refused = refusal is not None
         if jax.process_count() > 1:
             refused = bool(multihost_utils.broadcast_one_to_all(np.int32(refused)))
         if refused:
             raise UserError(
-                f"another training ({other_holder or 'seen by process 0'}) is running in {workdir}; "
+                refusal
+                or f"another training (seen by process 0) is running in {workdir}; "
                 "wait for it to finish, or pass another --workdir"
             )
         yield
@@ -67,7 +72,7 @@ def _open_lock_file(path: str) -> int:
 
 @contextlib.contextmanager
 def _try_lock(workdir: str) -> Iterator[Optional[str]]:
-    """Tries the lock once; yields None when taken, else who holds it."""
+    """Tries the locks once; yields None when taken, else why the run is refused."""
     files.prepare_workdir(workdir)
     descriptor = _open_lock_file(os.path.join(workdir, rundir.LOCK_FILE))
     with os.fdopen(descriptor, "r+") as lock_file:
@@ -75,12 +80,48 @@ def _try_lock(workdir: str) -> Iterator[Optional[str]]:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock_file.seek(0)
-            yield lock_file.read().strip() or "unknown process"
+            holder = lock_file.read().strip() or "unknown process"
+            yield f"another training ({holder}) is running in {workdir}; wait for it to finish, or pass another --workdir"
             return
         lock_file.truncate(0)
         lock_file.write(f"pid {os.getpid()} on {socket.gethostname()}")
         lock_file.flush()
         try:
-            yield None
+            with _try_lock_checkpoint_folder(workdir) as refusal:
+                yield refusal
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _try_lock_checkpoint_folder(workdir: str) -> Iterator[Optional[str]]:
+    """Tries a flock on WORKDIR/checkpoints, created if absent; yields None unless another run holds it.
+
+    Where the folder cannot be opened or locked (a file there, no permission, a
+    file system without flock), nothing is locked: the checkpoint manager names
+    the first two in one line, and the workdir's lock still holds.
+    """
+    path = os.path.join(workdir, rundir.CHECKPOINT_SUBDIR)
+    descriptor = None
+    try:
+        if not os.path.lexists(path):
+            os.mkdir(path)
+        descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if descriptor is not None:
+            os.close(descriptor)
+        if not isinstance(error, BlockingIOError):
+            yield None
+            return
+        real = os.path.realpath(path)
+        where = path if real == os.path.abspath(path) else f"{path} (linked to {real})"
+        yield (
+            f"another training is writing checkpoints in {where}; "
+            "wait for it to finish, or give this run a checkpoint folder of its own"
+        )
+        return
+    try:
+        yield None
+    finally:
+        os.close(descriptor)  # and with it the lock
