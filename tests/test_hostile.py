@@ -410,6 +410,22 @@ def test_10_a_workdir_that_is_a_file_is_one_line(tmp_path, capsys):
     assert (tmp_path / "file").read_text() == "mine"
 
 
+@pytest.mark.parametrize("inside", ["checkpoints", "checkpoints/STEP", "checkpoints/STEP/nested", "damaged_checkpoints"])
+def test_10_a_workdir_in_a_runs_checkpoint_folder_is_one_line(tiny_run_copy, capsys, inside):
+    # Pruning step STEP would delete a run nested in it.
+    checkpoints = tiny_run_copy / "checkpoints"
+    step = sorted(os.listdir(checkpoints), key=int)[0]
+    workdir = tiny_run_copy / inside.replace("STEP", step)
+    before = sorted(str(path.relative_to(tiny_run_copy)) for path in tiny_run_copy.rglob("*"))
+    assert train(workdir) == 2
+    folder = tiny_run_copy / inside.split("/")[0]
+    assert one_error_line(capsys) == (
+        f"error: --workdir {workdir} is in {folder}, the checkpoint folder of the run in {tiny_run_copy}; "
+        "pass a folder outside it"
+    )
+    assert sorted(str(path.relative_to(tiny_run_copy)) for path in tiny_run_copy.rglob("*")) == before
+
+
 def config_file(tmp_path, text):
     path = tmp_path / f"config_{uuid.uuid4().hex[:6]}.py"
     path.write_text(text)

@@ -163,3 +163,23 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 def write_eval(workdir: str, result: dict) -> str:
     """Writes evaluate's result for the checkpoint at result["step"]; returns the path."""
     return write_json(workdir, eval_file(result["step"]), result)
+
+
+def refuse_workdir_in_checkpoints(workdir: str) -> None:
+    """Raises a UserError when `workdir` is, or lies in, a run's checkpoint folder.
+
+    That run prunes its old steps and sets damaged ones aside, taking along
+    whatever lies in them: another run's checkpoints included.
+    """
+    path = os.path.realpath(workdir)
+    while True:
+        parent = os.path.dirname(path)
+        in_use = os.path.basename(path) in (CHECKPOINT_SUBDIR, DAMAGED_SUBDIR)
+        if in_use and os.path.lexists(os.path.join(parent, LOCK_FILE)):
+            raise UserError(
+                f"--workdir {workdir} is in {path}, the checkpoint folder of the run in {parent}; "
+                "pass a folder outside it"
+            )
+        if parent == path:
+            return
+        path = parent

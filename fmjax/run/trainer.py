@@ -76,6 +76,7 @@ def train_and_evaluate(
       fmjax.run.checkpoint.CheckpointWriteError: a checkpoint could not be written.
     """
     check_config(config)
+    rundir.refuse_workdir_in_checkpoints(workdir)
     # ---- Data, devices and the run's parts.
     use_freed_memory_again()
     use_compilation_cache(config.compilation_cache_dir)
