@@ -52,7 +52,15 @@ CHILD = textwrap.dedent(
     join_process_group(args.flags)
     import jax
     from fmjax.tools.evaluate import evaluate_checkpoint
+    from fmjax.run import trainer
     from fmjax.run.trainer import train_and_evaluate
+    if jax.process_index() == 1:
+        # Process 1 looks for a checkpoint late: it must not meet a checkpoint
+        # folder that process 0 created meanwhile (the Orbax manager each then
+        # opens syncs the processes, and the two would wait on each other).
+        import time
+        look = trainer.newest_meta
+        trainer.newest_meta = lambda workdir: (time.sleep(2), look(workdir))[1]
     runs = {}
     for mode in %r:
         config.parallel = mode

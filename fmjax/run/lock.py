@@ -34,22 +34,26 @@ def hold_workdir(workdir: str) -> Iterator[None]:
     """Holds `workdir`'s lock, and its checkpoint folder's, while the block runs.
 
     In a multi-process run, process 0 takes the locks for all of them (they
-    share the workdir) and tells the others whether it got them.
+    share the workdir) and tells the others whether it got each. The
+    checkpoint folder, which its lock creates, appears only once every process
+    has passed the first of those calls: a process still reading the workdir
+    for a checkpoint would otherwise meet a folder the others did not.
 
     Raises:
       UserError: another training holds either lock.
     """
     with contextlib.ExitStack() as stack:
-        refusal = stack.enter_context(_try_lock(workdir)) if jax.process_index() == 0 else None
-        refused = refusal is not None
-        if jax.process_count() > 1:
-            refused = bool(multihost_utils.broadcast_one_to_all(np.int32(refused)))
-        if refused:
-            raise UserError(
-                refusal
-                or f"another training (seen by process 0) is running in {workdir}; "
-                "wait for it to finish, or pass another --workdir"
-            )
+        for try_lock in (_try_lock, _try_lock_checkpoint_folder):
+            refusal = stack.enter_context(try_lock(workdir)) if jax.process_index() == 0 else None
+            refused = refusal is not None
+            if jax.process_count() > 1:
+                refused = bool(multihost_utils.broadcast_one_to_all(np.int32(refused)))
+            if refused:
+                raise UserError(
+                    refusal
+                    or f"another training (seen by process 0) is running in {workdir}; "
+                    "wait for it to finish, or pass another --workdir"
+                )
         yield
 
 
@@ -72,7 +76,7 @@ def _open_lock_file(path: str) -> int:
 
 @contextlib.contextmanager
 def _try_lock(workdir: str) -> Iterator[Optional[str]]:
-    """Tries the locks once; yields None when taken, else why the run is refused."""
+    """Tries the workdir's lock once; yields None when taken, else why the run is refused."""
     files.prepare_workdir(workdir)
     descriptor = _open_lock_file(os.path.join(workdir, rundir.LOCK_FILE))
     with os.fdopen(descriptor, "r+") as lock_file:
@@ -87,8 +91,7 @@ def _try_lock(workdir: str) -> Iterator[Optional[str]]:
         lock_file.write(f"pid {os.getpid()} on {socket.gethostname()}")
         lock_file.flush()
         try:
-            with _try_lock_checkpoint_folder(workdir) as refusal:
-                yield refusal
+            yield None
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
