@@ -426,6 +426,21 @@ def test_10_a_workdir_in_a_runs_checkpoint_folder_is_one_line(tiny_run_copy, cap
     assert sorted(str(path.relative_to(tiny_run_copy)) for path in tiny_run_copy.rglob("*")) == before
 
 
+def test_10_a_step_that_is_a_link_is_refused_before_training(tiny_run_copy, tmp_path, capsys):
+    # Pruning it would fail after a whole epoch (rmtree refuses links), at every resume.
+    checkpoints = tiny_run_copy / "checkpoints"
+    step = sorted(os.listdir(checkpoints), key=int)[0]
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(checkpoints / step, elsewhere)
+    (checkpoints / step).symlink_to(elsewhere)
+    assert train(tiny_run_copy) == 2
+    assert one_error_line(capsys) == (
+        f"error: {checkpoints / step} is a symbolic link (to {elsewhere}); fmjax does not write through "
+        "links in a run directory: remove the link"
+    )
+    assert os.readlink(checkpoints / step) == str(elsewhere) and (elsewhere / "_CHECKPOINT_METADATA").is_file()
+
+
 def config_file(tmp_path, text):
     path = tmp_path / f"config_{uuid.uuid4().hex[:6]}.py"
     path.write_text(text)
