@@ -46,7 +46,7 @@ from fmjax import cli
 from fmjax.config import base_config
 from fmjax.errors import UserError
 from fmjax.run import checkpoint as ckpt
-from fmjax.run import checkpoint_reads, config_checks, files, rundir
+from fmjax.run import checkpoint_damage, checkpoint_reads, config_checks, files, rundir
 from fmjax.run import identity as run_identity
 
 MORE = "--config.num_epochs=3"  # a resume that trains an epoch past the tiny run
@@ -592,7 +592,19 @@ def test_a_damaged_step_set_aside_twice_keeps_both_copies(tiny_run_copy):
     manager = ckpt.checkpoint_manager(str(tiny_run_copy))
     try:
         (tiny_run_copy / "damaged_checkpoints" / str(STEPS_PER_EPOCH)).mkdir(parents=True)
-        ckpt._set_aside(manager, [STEPS_PER_EPOCH])
+        checkpoint_damage._set_aside(manager, [STEPS_PER_EPOCH])
     finally:
         manager.close()
     assert sorted(os.listdir(tiny_run_copy / "damaged_checkpoints")) == [str(STEPS_PER_EPOCH), f"{STEPS_PER_EPOCH}.1"]
+
+
+def test_a_damaged_step_meeting_a_file_where_damaged_steps_go_is_one_line(tiny_run_copy, capsys):
+    (tiny_run_copy / "damaged_checkpoints").write_text("mine")
+    damage_checkpoint(tiny_run_copy, LAST_STEP, arrays_only=True)
+    assert train(tiny_run_copy) == 2
+    assert one_error_line(capsys) == (
+        f"error: {tiny_run_copy / 'damaged_checkpoints'} is not a folder, so the unreadable checkpoint step "
+        f"{LAST_STEP} in {tiny_run_copy / 'checkpoints'} cannot be set aside there; move it away and run the same command"
+    )
+    assert (tiny_run_copy / "damaged_checkpoints").read_text() == "mine"
+    assert sorted(map(int, os.listdir(tiny_run_copy / "checkpoints"))) == [STEPS_PER_EPOCH, LAST_STEP]

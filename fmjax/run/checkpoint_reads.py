@@ -131,7 +131,7 @@ def read_meta(workdir: str, step: Optional[int] = None) -> tuple[int, dict]:
 def newest_meta(workdir: str) -> Optional[tuple[int, dict]]:
     """(step, meta) of the newest checkpoint in `workdir` whose meta reads back, or None; reads only.
 
-    A step whose meta fails to read is left for `restore_newest_readable` to judge.
+    A step whose meta fails to read is left for fmjax.run.checkpoint_damage to judge.
     """
     if not os.path.lexists(checkpoint_dir(workdir)):
         return None

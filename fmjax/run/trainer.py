@@ -32,6 +32,7 @@ from fmjax.parallel.mesh import abstract_state
 from fmjax.run import checkpoint as ckpt
 from fmjax.run import files, rundir
 from fmjax.run import identity as run_identity
+from fmjax.run.checkpoint_damage import restore_newest_readable
 from fmjax.run.checkpoint_reads import newest_meta
 from fmjax.run.config_checks import check_config
 from fmjax.run.divergence import HealthCheck, LossGrowthError, NonFiniteError
@@ -106,7 +107,7 @@ def train_and_evaluate(
         on_exit.callback(ckpt.close_manager, manager)
 
         # ---- State: fresh, or the newest readable checkpoint in workdir.
-        restored = ckpt.restore_newest_readable(
+        restored = restore_newest_readable(
             manager, abstract_state(parts.init_state, parallel.state_sharding), warn=log
         )
         if restored is None:
