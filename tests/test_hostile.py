@@ -150,6 +150,29 @@ def test_3_a_write_that_fails_after_the_next_epoch_trained_still_logs_no_later_e
         assert saved_steps(workdir) == []
 
 
+def test_3_a_written_step_whose_pruning_fails_is_named_complete(tmp_path, capsys, monkeypatch):
+    # Orbax prunes after the step's folder is renamed into place; rmtree refuses the link
+    # planted here (linked steps are refused at start, so this one appears mid-run).
+    workdir, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    save = ckpt.save_checkpoint
+
+    def link_the_first_step_then_save(manager, state, meta):
+        if os.path.isdir(workdir / "checkpoints" / str(STEPS_PER_EPOCH)):
+            shutil.move(workdir / "checkpoints" / str(STEPS_PER_EPOCH), elsewhere)
+            (workdir / "checkpoints" / str(STEPS_PER_EPOCH)).symlink_to(elsewhere)
+        save(manager, state, meta)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", link_the_first_step_then_save)
+    assert train(workdir, "--config.keep_checkpoints=1") == cli.EXIT_WRITE_FAILED
+    assert one_error_line(capsys) == (
+        f"error: checkpoint step {LAST_STEP} in {workdir / 'checkpoints'} was written, but removing the "
+        "checkpoints past keep_checkpoints failed: OSError: Cannot call rmtree on a symbolic link; "
+        f"training stopped, the newest complete checkpoint is step {LAST_STEP}; free space (or fix the "
+        "permissions) and run the same command to resume"
+    )
+    assert os.path.isdir(workdir / "checkpoints" / str(LAST_STEP))
+
+
 def test_3_a_refused_write_in_the_run_folder_is_one_line_too(tiny_run_copy, capsys, monkeypatch):
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

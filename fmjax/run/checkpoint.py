@@ -81,15 +81,22 @@ class CheckpointWriteError(WriteFailure):
       newest_complete: the newest step whose write completed, or None.
     """
 
-    def __init__(self, step: Optional[int], cause: str, directory: str, newest_complete: Optional[int]):
+    def __init__(
+        self, step: Optional[int], cause: str, directory: str, newest_complete: Optional[int], written: bool = False
+    ):
         kept = (
             f"the newest complete checkpoint is step {newest_complete}"
             if newest_complete is not None
             else "no checkpoint is complete"
         )
         which = f"checkpoint step {step}" if step is not None else "a checkpoint"
+        what = (
+            f"{which} in {directory} was written, but removing the checkpoints past keep_checkpoints failed"
+            if written
+            else f"writing {which} in {directory} failed"
+        )
         super().__init__(
-            f"writing {which} in {directory} failed: {cause}; training stopped, {kept}; "
+            f"{what}: {cause}; training stopped, {kept}; "
             "free space (or fix the permissions) and run the same command to resume"
         )
         self.step = step
@@ -104,11 +111,16 @@ def _complete_steps(manager: ocp.CheckpointManager) -> list[int]:
     return sorted(int(name) for name in names if name.isdigit())
 
 
-def _write_error(manager: ocp.CheckpointManager, error: BaseException, step: Optional[int]) -> CheckpointWriteError:
+def _write_error(
+    manager: ocp.CheckpointManager, error: BaseException, step: Optional[int], in_background: bool = False
+) -> CheckpointWriteError:
     cause = files.describe_write_failure(error) or one_line(error)
-    complete = [s for s in _complete_steps(manager) if s != step]
+    complete = _complete_steps(manager)
+    # A background save renames the step's folder once written; what fails after that is the pruning.
+    written = in_background and step in complete
+    complete = [s for s in complete if s != step or written]
     quiet_reads_outliving_a_failed_restore()
-    return CheckpointWriteError(step, cause, str(manager.directory), max(complete, default=None))
+    return CheckpointWriteError(step, cause, str(manager.directory), max(complete, default=None), written)
 
 
 # The step each manager writes in the background; weakly keyed, as an id() is reused.
@@ -135,7 +147,7 @@ def raise_if_save_failed(manager: ocp.CheckpointManager, wait: bool = False) -> 
         manager.wait_until_finished()  # raises what the write raised
         manager.check_for_errors()
     except Exception as error:  # noqa: BLE001 - any failure of the write stops training
-        raise _write_error(manager, error, step) from error
+        raise _write_error(manager, error, step, in_background=True) from error
     if step not in _complete_steps(manager):
         raise _write_error(manager, RuntimeError("the write did not complete"), step)
 
@@ -178,7 +190,7 @@ def close_manager(manager: ocp.CheckpointManager) -> None:
     except Exception as error:  # noqa: BLE001
         if step is None and files.describe_write_failure(error) is None:
             return  # already reported: the exception that ends the run says why
-        raise _write_error(manager, error, step) from error
+        raise _write_error(manager, error, step, in_background=True) from error
     if step is not None and step not in _complete_steps(manager):
         raise _write_error(manager, RuntimeError("the write did not complete"), step)
 
