@@ -9,8 +9,10 @@ must be a regular file with one name: a link or hard link planted there
 would otherwise have fmjax overwrite the file it points to.
 
 The checkpoint folder is locked as well (a flock on the folder itself): a
-link may make it another workdir's, and the other run's checkpoint manager
-would delete the temporary folder of a save in flight and prune its steps.
+link may make it another workdir's, and this run's checkpoint manager would
+delete the other run's save in flight and prune its steps. That lock holds
+among the processes of one machine; a network file system may not lock a
+folder, and then only the workdir's lock file stands.
 """
 
 import contextlib
@@ -42,18 +44,21 @@ def hold_workdir(workdir: str) -> Iterator[None]:
     Raises:
       UserError: another training holds either lock.
     """
+    seen_by_process_0 = {
+        _try_lock: f"another training (seen by process 0) is running in {workdir}; "
+        "wait for it to finish, or pass another --workdir",
+        _try_lock_checkpoint_folder: f"another training (seen by process 0) is writing checkpoints in "
+        f"{os.path.join(workdir, rundir.CHECKPOINT_SUBDIR)}; wait for it to finish, or give this run "
+        "a checkpoint folder of its own",
+    }
     with contextlib.ExitStack() as stack:
-        for try_lock in (_try_lock, _try_lock_checkpoint_folder):
+        for try_lock, refusal_elsewhere in seen_by_process_0.items():
             refusal = stack.enter_context(try_lock(workdir)) if jax.process_index() == 0 else None
             refused = refusal is not None
             if jax.process_count() > 1:
                 refused = bool(multihost_utils.broadcast_one_to_all(np.int32(refused)))
             if refused:
-                raise UserError(
-                    refusal
-                    or f"another training (seen by process 0) is running in {workdir}; "
-                    "wait for it to finish, or pass another --workdir"
-                )
+                raise UserError(refusal or refusal_elsewhere)
         yield
 
 
@@ -105,18 +110,18 @@ def _try_lock_checkpoint_folder(workdir: str) -> Iterator[Optional[str]]:
     the first two in one line, and the workdir's lock still holds.
     """
     path = os.path.join(workdir, rundir.CHECKPOINT_SUBDIR)
-    descriptor = None
+    descriptor, held_elsewhere = None, False
     try:
         if not os.path.lexists(path):
             os.mkdir(path)
         descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
+        held_elsewhere = isinstance(error, BlockingIOError)
         if descriptor is not None:
             os.close(descriptor)
-        if not isinstance(error, BlockingIOError):
-            yield None
-            return
+            descriptor = None
+    if held_elsewhere:
         real = os.path.realpath(path)
         where = path if real == os.path.abspath(path) else f"{path} (linked to {real})"
         yield (
@@ -127,4 +132,5 @@ def _try_lock_checkpoint_folder(workdir: str) -> Iterator[Optional[str]]:
     try:
         yield None
     finally:
-        os.close(descriptor)  # and with it the lock
+        if descriptor is not None:
+            os.close(descriptor)  # and with it the lock
