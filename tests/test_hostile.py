@@ -433,20 +433,23 @@ def test_10_a_workdir_that_is_a_file_is_one_line(tmp_path, capsys):
     assert (tmp_path / "file").read_text() == "mine"
 
 
-@pytest.mark.parametrize("inside", ["checkpoints", "checkpoints/STEP", "checkpoints/STEP/nested", "damaged_checkpoints"])
-def test_10_a_workdir_in_a_runs_checkpoint_folder_is_one_line(tiny_run_copy, capsys, inside):
+@pytest.mark.parametrize("inside", ["checkpoints", "checkpoints/STEP", "checkpoints/STEP/nested"])
+@pytest.mark.parametrize("linked", [False, True], ids=["in_place", "linked_to_another_disk"])
+def test_10_a_workdir_in_a_runs_checkpoint_folder_is_one_line(tiny_run_copy, tmp_path, capsys, inside, linked):
     # Pruning step STEP would delete a run nested in it.
     checkpoints = tiny_run_copy / "checkpoints"
+    if linked:
+        shutil.move(checkpoints, tmp_path / "other_disk")
+        checkpoints.symlink_to(tmp_path / "other_disk", target_is_directory=True)
     step = sorted(os.listdir(checkpoints), key=int)[0]
     workdir = tiny_run_copy / inside.replace("STEP", step)
-    before = sorted(str(path.relative_to(tiny_run_copy)) for path in tiny_run_copy.rglob("*"))
+    before = sorted(str(path.relative_to(tiny_run_copy)) for path in checkpoints.rglob("*"))
     assert train(workdir) == 2
-    folder = tiny_run_copy / inside.split("/")[0]
     assert one_error_line(capsys) == (
-        f"error: --workdir {workdir} is in {folder}, the checkpoint folder of the run in {tiny_run_copy}; "
+        f"error: --workdir {workdir} is in {checkpoints}, the checkpoint folder of the run in {tiny_run_copy}; "
         "pass a folder outside it"
     )
-    assert sorted(str(path.relative_to(tiny_run_copy)) for path in tiny_run_copy.rglob("*")) == before
+    assert sorted(str(path.relative_to(tiny_run_copy)) for path in checkpoints.rglob("*")) == before
 
 
 def test_10_a_step_that_is_a_link_is_refused_before_training(tiny_run_copy, tmp_path, capsys):
@@ -454,14 +457,19 @@ def test_10_a_step_that_is_a_link_is_refused_before_training(tiny_run_copy, tmp_
     checkpoints = tiny_run_copy / "checkpoints"
     step = sorted(os.listdir(checkpoints), key=int)[0]
     elsewhere = tmp_path / "elsewhere"
+    (checkpoints / "latest").symlink_to(step)  # a user's own name: Orbax and fmjax leave it be
     shutil.move(checkpoints / step, elsewhere)
     (checkpoints / step).symlink_to(elsewhere)
     assert train(tiny_run_copy) == 2
     assert one_error_line(capsys) == (
-        f"error: {checkpoints / step} is a symbolic link (to {elsewhere}); fmjax does not write through "
-        "links in a run directory: remove the link"
+        f"error: {checkpoints / step} is a symbolic link (to {elsewhere}), which Orbax cannot delete when "
+        "pruning; move the step back in place of the link, or remove the link"
     )
     assert os.readlink(checkpoints / step) == str(elsewhere) and (elsewhere / "_CHECKPOINT_METADATA").is_file()
+    (checkpoints / step).unlink()
+    shutil.move(elsewhere, checkpoints / step)
+    assert train(tiny_run_copy) == 0
+    assert os.readlink(checkpoints / "latest") == step
 
 
 def config_file(tmp_path, text):
@@ -625,9 +633,21 @@ def test_a_damaged_step_meeting_a_file_where_damaged_steps_go_is_one_line(tiny_r
     (tiny_run_copy / "damaged_checkpoints").write_text("mine")
     damage_checkpoint(tiny_run_copy, LAST_STEP, arrays_only=True)
     assert train(tiny_run_copy) == 2
-    assert one_error_line(capsys) == (
-        f"error: {tiny_run_copy / 'damaged_checkpoints'} is not a folder, so the unreadable checkpoint step "
-        f"{LAST_STEP} in {tiny_run_copy / 'checkpoints'} cannot be set aside there; move it away and run the same command"
-    )
+    out, err = capsys.readouterr()
+    assert "setting it aside" not in out + err  # no warning of a move that cannot happen
+    assert [line for line in err.splitlines() if line.strip()] == [
+        f"error: {tiny_run_copy / 'damaged_checkpoints'} is a file, not a folder, so the unreadable checkpoint "
+        f"step {LAST_STEP} in {tiny_run_copy / 'checkpoints'} cannot be set aside there; move "
+        f"{tiny_run_copy / 'damaged_checkpoints'} away and run the same command"
+    ]
     assert (tiny_run_copy / "damaged_checkpoints").read_text() == "mine"
     assert sorted(map(int, os.listdir(tiny_run_copy / "checkpoints"))) == [STEPS_PER_EPOCH, LAST_STEP]
+
+
+def test_a_damaged_step_is_set_aside_through_a_link_to_a_folder(tiny_run_copy, tmp_path):
+    # Checkpoints linked to a larger disk: damaged steps may follow them there.
+    (tiny_run_copy / "damaged_checkpoints").symlink_to(tmp_path / "large_disk", target_is_directory=True)
+    (tmp_path / "large_disk").mkdir()
+    damage_checkpoint(tiny_run_copy, LAST_STEP, arrays_only=True)
+    assert train(tiny_run_copy) == 0
+    assert os.listdir(tmp_path / "large_disk") == [str(LAST_STEP)]

@@ -72,6 +72,23 @@ def checkpoint_manager(
     return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
+def refuse_linked_steps(workdir: str) -> None:
+    """Raises a UserError for a step, or a killed save's folder, that is a symbolic link in the checkpoints.
+
+    Orbax deletes those (steps past keep_checkpoints, a killed save's folder)
+    with rmtree, which refuses a link: the run would stop at its first pruning,
+    on every resume. Other names there are Orbax's to ignore, and fmjax's too.
+    """
+    directory = checkpoint_dir(workdir)
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        path = os.path.join(directory, name)
+        if (name.isdigit() or ".orbax-checkpoint-tmp" in name) and os.path.islink(path):
+            raise UserError(
+                f"{path} is a symbolic link (to {os.readlink(path)}), which Orbax cannot delete when "
+                "pruning; move the step back in place of the link, or remove the link"
+            )
+
+
 class CheckpointWriteError(WriteFailure):
     """A checkpoint could not be written; training stopped at once.
 

@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from fmjax.errors import UserError
-from fmjax.run import files, rundir
+from fmjax.run import rundir
 from fmjax.run.checkpoint import restore_checkpoint
 from fmjax.run.quiet import one_line, quiet_reads_outliving_a_failed_restore
 
@@ -55,6 +55,7 @@ def restore_newest_readable(
             raise
         except Exception as error:  # noqa: BLE001 - any failure to read means damage
             quiet_reads_outliving_a_failed_restore()
+            _refuse_unusable_damaged_dir(manager, step)
             damaged.append(step)
             warn(
                 f"warning: checkpoint step {step} in {manager.directory} is unreadable "
@@ -75,16 +76,20 @@ def _damaged_dir(manager: ocp.CheckpointManager) -> str:
     return os.path.join(os.path.dirname(str(manager.directory)), rundir.DAMAGED_SUBDIR)
 
 
+def _refuse_unusable_damaged_dir(manager: ocp.CheckpointManager, step: int) -> None:
+    # A link to a folder (on the disk the checkpoints were linked to, say) is used.
+    folder = _damaged_dir(manager)
+    if os.path.lexists(folder) and not os.path.isdir(folder):  # every process sees it, and stops
+        kind = "a broken symbolic link" if os.path.islink(folder) else "a file"
+        raise UserError(
+            f"{folder} is {kind}, not a folder, so the unreadable checkpoint step {step} in "
+            f"{manager.directory} cannot be set aside there; move {folder} away and run the same command"
+        )
+
+
 def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
     """Moves damaged steps out of the manager's directory (from process 0), then rereads it."""
     folder = _damaged_dir(manager)
-    files.refuse_link(folder)  # as everywhere in a run directory
-    if os.path.lexists(folder) and not os.path.isdir(folder):  # every process sees it, and stops
-        named = f"step{'s' if len(steps) > 1 else ''} {', '.join(map(str, steps))}"
-        raise UserError(
-            f"{folder} is not a folder, so the unreadable checkpoint {named} in {manager.directory} "
-            "cannot be set aside there; move it away and run the same command"
-        )
     if jax.process_index() == 0:
         for step in steps:
             source = os.path.join(str(manager.directory), str(step))

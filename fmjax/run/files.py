@@ -87,12 +87,6 @@ def refuse_link(path: str) -> None:
         )
 
 
-def refuse_links_in(folder: str) -> None:
-    """Raises refuse_link's UserError for the first symbolic link directly in `folder`, if any."""
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        refuse_link(os.path.join(folder, name))
-
-
 @contextlib.contextmanager
 def _new_temporary_file(path: str) -> Iterator[tuple[int, str]]:
     """A new file beside `path`, (descriptor, name); removed unless renamed away."""

@@ -168,18 +168,19 @@ def write_eval(workdir: str, result: dict) -> str:
 def refuse_workdir_in_checkpoints(workdir: str) -> None:
     """Raises a UserError when `workdir` is, or lies in, a run's checkpoint folder.
 
-    That run prunes its old steps and sets damaged ones aside, taking along
-    whatever lies in them: another run's checkpoints included.
+    That run prunes its old steps, taking along whatever lies in them: another
+    run's checkpoints included. Both the path as given and the one its links
+    lead to are walked (a run's checkpoint folder may be a link to another disk).
     """
-    path = os.path.realpath(workdir)
-    while True:
-        parent = os.path.dirname(path)
-        in_use = os.path.basename(path) in (CHECKPOINT_SUBDIR, DAMAGED_SUBDIR)
-        if in_use and os.path.lexists(os.path.join(parent, LOCK_FILE)):
-            raise UserError(
-                f"--workdir {workdir} is in {path}, the checkpoint folder of the run in {parent}; "
-                "pass a folder outside it"
-            )
-        if parent == path:
-            return
-        path = parent
+    for start in dict.fromkeys([os.path.abspath(workdir), os.path.realpath(workdir)]):
+        path = start
+        while True:
+            parent = os.path.dirname(path)
+            if os.path.basename(path) == CHECKPOINT_SUBDIR and os.path.lexists(os.path.join(parent, LOCK_FILE)):
+                raise UserError(
+                    f"--workdir {workdir} is in {path}, the checkpoint folder of the run in {parent}; "
+                    "pass a folder outside it"
+                )
+            if parent == path:
+                break
+            path = parent

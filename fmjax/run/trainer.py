@@ -30,8 +30,8 @@ from fmjax.data import cache_placement, load_dataset
 from fmjax.parallel.data_parallel import parallel_from_config
 from fmjax.parallel.mesh import abstract_state
 from fmjax.run import checkpoint as ckpt
-from fmjax.run import files, rundir
 from fmjax.run import identity as run_identity
+from fmjax.run import rundir
 from fmjax.run.checkpoint_damage import restore_newest_readable
 from fmjax.run.checkpoint_reads import newest_meta
 from fmjax.run.config_checks import check_config
@@ -94,8 +94,7 @@ def train_and_evaluate(
 
     with contextlib.ExitStack() as on_exit:
         on_exit.enter_context(hold_workdir(workdir))
-        # Orbax deletes old steps and killed saves' folders, and cannot through a link.
-        files.refuse_links_in(ckpt.checkpoint_dir(workdir))
+        ckpt.refuse_linked_steps(workdir)
         should_stop = on_exit.enter_context(watch_for_sigterm())
         manager = ckpt.checkpoint_manager(
             workdir,
