@@ -45,11 +45,10 @@ def hold_workdir(workdir: str) -> Iterator[None]:
       UserError: another training holds either lock.
     """
     seen_by_process_0 = {
-        _try_lock: f"another training (seen by process 0) is running in {workdir}; "
-        "wait for it to finish, or pass another --workdir",
-        _try_lock_checkpoint_folder: f"another training (seen by process 0) is writing checkpoints in "
-        f"{os.path.join(workdir, rundir.CHECKPOINT_SUBDIR)}; wait for it to finish, or give this run "
-        "a checkpoint folder of its own",
+        _try_lock: _workdir_busy(workdir, " (seen by process 0)"),
+        _try_lock_checkpoint_folder: _checkpoints_busy(
+            os.path.join(workdir, rundir.CHECKPOINT_SUBDIR), " (seen by process 0)"
+        ),
     }
     with contextlib.ExitStack() as stack:
         for try_lock, refusal_elsewhere in seen_by_process_0.items():
@@ -89,8 +88,7 @@ def _try_lock(workdir: str) -> Iterator[Optional[str]]:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock_file.seek(0)
-            holder = lock_file.read().strip() or "unknown process"
-            yield f"another training ({holder}) is running in {workdir}; wait for it to finish, or pass another --workdir"
+            yield _workdir_busy(workdir, f" ({lock_file.read().strip() or 'unknown process'})")
             return
         lock_file.truncate(0)
         lock_file.write(f"pid {os.getpid()} on {socket.gethostname()}")
@@ -123,14 +121,21 @@ def _try_lock_checkpoint_folder(workdir: str) -> Iterator[Optional[str]]:
             descriptor = None
     if held_elsewhere:
         real = os.path.realpath(path)
-        where = path if real == os.path.abspath(path) else f"{path} (linked to {real})"
-        yield (
-            f"another training is writing checkpoints in {where}; "
-            "wait for it to finish, or give this run a checkpoint folder of its own"
-        )
+        yield _checkpoints_busy(path if real == os.path.abspath(path) else f"{path} (linked to {real})")
         return
     try:
         yield None
     finally:
         if descriptor is not None:
             os.close(descriptor)  # and with it the lock
+
+
+def _workdir_busy(workdir: str, holder: str) -> str:
+    return f"another training{holder} is running in {workdir}; wait for it to finish, or pass another --workdir"
+
+
+def _checkpoints_busy(where: str, holder: str = "") -> str:
+    return (
+        f"another training{holder} is writing checkpoints in {where}; "
+        "wait for it to finish, or give this run a checkpoint folder of its own"
+    )
