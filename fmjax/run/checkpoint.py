@@ -48,7 +48,8 @@ def checkpoint_manager(
       workdir: the run's directory.
       max_to_keep: how many of the newest steps to keep; None keeps all.
       create: whether this manager writes (it then creates the directory and
-        deletes the temporary folders of saves that a killed run left).
+        deletes the temporary folders of saves that a killed run left; a step
+        or such a folder that is a symbolic link is a UserError).
       async_save: whether `save` returns once the arrays are copied to host
         memory and writes them in a background thread; `wait_until_finished`
         waits for the write.
@@ -58,6 +59,8 @@ def checkpoint_manager(
     directory = checkpoint_dir(workdir)
     if os.path.lexists(directory) and not os.path.isdir(directory):
         raise UserError(f"{directory} is not a folder; move it away, fmjax keeps the run's checkpoints there")
+    if create:
+        _refuse_linked_steps(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         create=create,
@@ -72,14 +75,14 @@ def checkpoint_manager(
     return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
-def refuse_linked_steps(workdir: str) -> None:
-    """Raises a UserError for a step, or a killed save's folder, that is a symbolic link in the checkpoints.
+def _refuse_linked_steps(directory: str) -> None:
+    """Raises a UserError for a step, or a killed save's folder, in `directory` that is a symbolic link.
 
-    Orbax deletes those (steps past keep_checkpoints, a killed save's folder)
-    with rmtree, which refuses a link: the run would stop at its first pruning,
-    on every resume. Other names there are Orbax's to ignore, and fmjax's too.
+    A writing manager deletes those (steps past keep_checkpoints, a killed
+    save's folder) with rmtree, which refuses a link: the run would stop at its
+    first pruning, on every resume. Other names there are Orbax's to ignore,
+    and fmjax's too.
     """
-    directory = checkpoint_dir(workdir)
     for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
         path = os.path.join(directory, name)
         if (name.isdigit() or ".orbax-checkpoint-tmp" in name) and os.path.islink(path):

@@ -94,7 +94,6 @@ def train_and_evaluate(
 
     with contextlib.ExitStack() as on_exit:
         on_exit.enter_context(hold_workdir(workdir))
-        ckpt.refuse_linked_steps(workdir)
         should_stop = on_exit.enter_context(watch_for_sigterm())
         manager = ckpt.checkpoint_manager(
             workdir,
