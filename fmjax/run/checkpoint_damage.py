@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from fmjax.errors import UserError
-from fmjax.run import rundir
+from fmjax.run import files, rundir
 from fmjax.run.checkpoint import restore_checkpoint
 from fmjax.run.quiet import one_line, quiet_reads_outliving_a_failed_restore
 
@@ -79,8 +79,8 @@ def _damaged_dir(manager: ocp.CheckpointManager) -> str:
 def _refuse_unusable_damaged_dir(manager: ocp.CheckpointManager, step: int) -> None:
     # A link to a folder (on the disk the checkpoints were linked to, say) is used.
     folder = _damaged_dir(manager)
-    if os.path.lexists(folder) and not os.path.isdir(folder):  # every process sees it, and stops
-        kind = "a broken symbolic link" if os.path.islink(folder) else "a file"
+    kind = files.not_a_folder(folder)
+    if kind:  # every process sees it, and stops
         raise UserError(
             f"{folder} is {kind}, not a folder, so the unreadable checkpoint step {step} in "
             f"{manager.directory} cannot be set aside there; move {folder} away and run the same command"

@@ -67,8 +67,8 @@ def prepare_workdir(workdir: str) -> None:
     Raises:
       UserError: it names an existing file, or cannot be created.
     """
-    if os.path.lexists(workdir) and not os.path.isdir(workdir):
-        kind = "a broken symbolic link" if os.path.islink(workdir) else "a file"
+    kind = not_a_folder(workdir)
+    if kind:
         raise UserError(f"--workdir {workdir} is {kind}, not a folder; pass a folder (new or a run's)")
     try:
         os.makedirs(workdir, exist_ok=True)
@@ -76,6 +76,13 @@ def prepare_workdir(workdir: str) -> None:
         raise UserError(
             f"cannot create --workdir {workdir} ({error.strerror}); pass a folder you can write to"
         ) from None
+
+
+def not_a_folder(path: str) -> Optional[str]:
+    """What lies at `path` instead of a folder ("a file", "a broken symbolic link"); None: a folder or nothing."""
+    if not os.path.lexists(path) or os.path.isdir(path):
+        return None
+    return "a broken symbolic link" if os.path.islink(path) else "a file"
 
 
 def refuse_link(path: str) -> None:
